@@ -1,0 +1,5 @@
+//! husk-agent: PID 1 of the guest and the container engine.
+//!
+//! See ARCHITECTURE.md at the repository root.
+
+pub mod init;
