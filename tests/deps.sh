@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what building and testing husk needs on a fresh Debian 12 machine. Idempotent.
+set -euo pipefail
+pkgs=(qemu-system-x86 busybox-static kmod cpio python3 hyperfine
+      linux-source-6.12 bc flex bison libelf-dev libssl-dev make gcc xz-utils)
+need=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "deps: installing ${need[*]}"
+  [ "$(id -u)" = 0 ] || { echo "deps: need root to apt-get install ${need[*]}" >&2; exit 1; }
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "deps: cargo not found; install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
+if command -v rustup >/dev/null; then
+  rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
+fi
+echo "deps: ok"

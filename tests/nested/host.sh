@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The nested test host: runs one shell command where real KVM is available.
+#
+#   tests/nested/host.sh [--mem SIZE] [--cpus N] [--timeout SECONDS] -- COMMAND...
+#
+# Where /dev/kvm is hardware-backed (VMX/SVM, no kvm_pvm), COMMAND runs directly in the
+# checkout. Elsewhere (this project's PVM machines) it boots a QEMU TCG VM with emulated
+# SVM (`-cpu EPYC,+svm,+npt`) on a Debian kernel, with the machine's own root filesystem
+# shared read-only over 9p under a tmpfs overlay and the checkout shared read-write at its
+# own path; inside, kvm_amd is loaded (so /dev/kvm is real KVM) and cgroup2 is mounted
+# alone with every controller enabled. COMMAND's output streams to stdout and its exit
+# status is this script's exit status (carried back in a file, never guessed from QEMU).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+CACHE=${HUSK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/husk}
+MEM=${HUSK_NESTED_MEM:-8G}
+CPUS=${HUSK_NESTED_CPUS:-2}
+TIMEOUT=${HUSK_NESTED_TIMEOUT:-2400}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --mem) MEM=$2; shift 2 ;;
+    --cpus) CPUS=$2; shift 2 ;;
+    --timeout) TIMEOUT=$2; shift 2 ;;
+    --) shift; break ;;
+    *) break ;;
+  esac
+done
+[ $# -gt 0 ] || { echo "usage: $0 [--mem SIZE] [--cpus N] [--timeout S] -- COMMAND..." >&2; exit 2; }
+CMD="$*"
+log() { echo "[nested] $*" >&2; }
+
+hardware_kvm() {
+  [ -c /dev/kvm ] && [ ! -e /sys/module/kvm_pvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo
+}
+
+if hardware_kvm && [ "${HUSK_NESTED_FORCE_VM:-0}" != 1 ]; then
+  log "hardware KVM: running directly"
+  cd "$top"
+  exec bash -c "$CMD"
+fi
+
+# ---- set-up: everything this needs, installed on first use --------------------------------
+"$here/setup.sh" >&2
+kver=$(cat "$CACHE/nested/current")
+kroot="$CACHE/nested/$kver"
+initrd="$kroot/initrd.cpio.gz"
+
+# ---- one run directory per call, shared read-write with the VM ------------------------------
+run=$(mktemp -d "${TMPDIR:-/tmp}/husk-nested.XXXXXX")
+trap 'rm -rf "$run"' EXIT
+printf '%s\n' "$CMD" > "$run/cmd"
+{
+  echo "export HUSK_TOP=$(printf %q "$top")"
+  echo "export HUSK_NESTED=1"
+  echo "export HUSK_KVER=$kver"
+  echo "export HUSK_MODULES=$(printf %q "$kroot/lib/modules/$kver")"
+  for v in CI HOME PATH TERM CARGO_HOME RUSTUP_HOME CARGO_TARGET_DIR HUSK_CACHE RUST_LOG RUST_BACKTRACE $(compgen -e | grep -E '^HUSK_' || true); do
+    [ -n "${!v+x}" ] && echo "export $v=$(printf %q "${!v}")"
+  done
+} > "$run/env"
+
+log "booting the test host: $CPUS vCPUs, $MEM, kernel $kver (TCG with emulated SVM)"
+t0=$(date +%s)
+set +e
+timeout --foreground -k 10 "$TIMEOUT" qemu-system-x86_64 \
+  -accel tcg,thread=multi -cpu EPYC,+svm,+npt -smp "$CPUS" -m "$MEM" \
+  -nodefaults -no-user-config -nographic -no-reboot -bios qboot.rom \
+  -chardev stdio,id=con,signal=off -serial chardev:con \
+  -kernel "$kroot/vmlinuz" -initrd "$initrd" \
+  -append "console=ttyS0 loglevel=1 edd=off panic=-1 husk.top=$top" \
+  -fsdev local,id=root,path=/,security_model=none,readonly=on,multidevs=remap \
+  -device virtio-9p-pci,fsdev=root,mount_tag=hostroot \
+  -fsdev local,id=top,path="$top",security_model=none \
+  -device virtio-9p-pci,fsdev=top,mount_tag=checkout \
+  -fsdev local,id=run,path="$run",security_model=none \
+  -device virtio-9p-pci,fsdev=run,mount_tag=run \
+  -device virtio-rng-pci </dev/null 2> >(grep -v "TCG doesn't support requested feature" >&2) | tr -d '\r'
+qrc=${PIPESTATUS[0]}
+set -e
+log "test host ran $(( $(date +%s) - t0 ))s (qemu exit $qrc)"
+if [ -f "$run/status" ]; then
+  rc=$(cat "$run/status")
+  log "command exit status $rc"
+  exit "$rc"
+fi
+[ "$qrc" = 124 ] && log "timed out after ${TIMEOUT}s" || log "the test host ended without reporting a status"
+exit 125
