@@ -3,4 +3,14 @@
 //! See ARCHITECTURE.md at the repository root for threads, trust boundaries and the boot
 //! sequence.
 
+pub mod arch;
+pub mod builder;
+pub mod bus;
 pub mod check;
+pub mod config;
+pub mod control;
+pub mod devices;
+pub mod exit;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

@@ -1,5 +1,9 @@
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use husk_vmm::builder::Vmm;
+use husk_vmm::config::{DriveConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 
 /// husk's KVM microVM monitor: one process per pod.
 #[derive(Parser)]
@@ -13,6 +17,88 @@ struct Cli {
 enum Cmd {
     /// Say what this host can do for husk, one line per item (exit 1 if VMs cannot run).
     Check,
+    /// Boot a VM and run it until the guest or a signal ends it.
+    ///
+    /// Exit codes: 0 guest reset or halt, 1 internal error, 2 usage, 3 triple fault,
+    /// 4 guest kernel panic, 5 stopped by SIGTERM/SIGINT.
+    Run(Box<RunArgs>),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Config file (.json or .toml); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Kernel: ELF vmlinux or bzImage.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (devices are appended).
+    #[arg(long)]
+    cmdline: Option<String>,
+    #[arg(long)]
+    vcpus: Option<u8>,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    mem: Option<u64>,
+    /// Serial console: stdout, none, or a file path.
+    #[arg(long)]
+    serial: Option<String>,
+    /// Disk: path=IMG[,ro][,id=SERIAL] (repeatable).
+    #[arg(long = "drive")]
+    drives: Vec<String>,
+    /// vsock: cid=N,socket=PATH.
+    #[arg(long)]
+    vsock: Option<String>,
+    /// Network: tap=NAME[,mac=MAC] (repeatable).
+    #[arg(long)]
+    net: Vec<String>,
+    /// virtio-fs: tag=TAG,socket=PATH (repeatable).
+    #[arg(long)]
+    fs: Vec<String>,
+    /// Run even on a PVM or emulation-only /dev/kvm.
+    #[arg(long)]
+    force: bool,
+}
+
+fn config(a: Box<RunArgs>) -> Result<VmConfig> {
+    let mut c = match &a.config {
+        Some(p) => VmConfig::from_file(p)?,
+        None => VmConfig::default(),
+    };
+    if a.kernel.is_some() {
+        c.kernel = a.kernel;
+    }
+    if a.initrd.is_some() {
+        c.initrd = a.initrd;
+    }
+    if let Some(s) = a.cmdline {
+        c.cmdline = s;
+    }
+    if let Some(v) = a.vcpus {
+        c.vcpus = v;
+    }
+    if let Some(m) = a.mem {
+        c.mem_mib = m;
+    }
+    if let Some(s) = a.serial {
+        c.serial = SerialOutput::parse(&s);
+    }
+    for d in &a.drives {
+        c.drives.push(DriveConfig::parse(d)?);
+    }
+    if let Some(v) = a.vsock {
+        c.vsock = Some(VsockConfig::parse(&v)?);
+    }
+    for n in &a.net {
+        c.net.push(NetConfig::parse(n)?);
+    }
+    for f in &a.fs {
+        c.fs.push(FsConfig::parse(f)?);
+    }
+    c.force |= a.force;
+    Ok(c)
 }
 
 fn main() -> Result<()> {
@@ -26,6 +112,13 @@ fn main() -> Result<()> {
                 .iter()
                 .any(|f| f.item == "kvm" && f.level == husk_vmm::check::Level::Ok);
             std::process::exit(if runnable { 0 } else { 1 });
+        }
+        Cmd::Run(args) => {
+            let cfg = config(args)?;
+            let vmm = Vmm::try_from(&cfg).context("building the VM")?;
+            let reason = vmm.run().context("running the VM")?;
+            eprintln!("husk-vmm: {reason}");
+            std::process::exit(reason.code());
         }
     }
 }

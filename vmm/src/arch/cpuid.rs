@@ -1,0 +1,150 @@
+//! CPUID as the guest sees it: KVM's supported set, normalized per vCPU (APIC ids, topology
+//! of one socket with `n` single-threaded cores, the hypervisor bit and KVM's leaves).
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+
+const LEAF_FEATURES: u32 = 0x1;
+const LEAF_CACHE: u32 = 0x4;
+const LEAF_TOPOLOGY: u32 = 0xb;
+const LEAF_TOPOLOGY_V2: u32 = 0x1f;
+const LEAF_HYPERVISOR: u32 = 0x4000_0000;
+const LEAF_AMD_SIZES: u32 = 0x8000_0008;
+const LEAF_AMD_EXT_APIC: u32 = 0x8000_001e;
+
+const ECX_HYPERVISOR: u32 = 1 << 31;
+const EDX_HTT: u32 = 1 << 28;
+/// "KVMKVMKVM\0\0\0" as three registers.
+const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
+
+/// Number of bits needed to number `n` items.
+fn bits_for(n: u32) -> u32 {
+    if n <= 1 {
+        0
+    } else {
+        32 - (n - 1).leading_zeros()
+    }
+}
+
+/// Normalizes one CPUID entry for vCPU `cpu_id` of `n_vcpus`.
+pub fn normalize_entry(e: &mut kvm_cpuid_entry2, cpu_id: u8, n_vcpus: u8) {
+    let id = u32::from(cpu_id);
+    let n = u32::from(n_vcpus).max(1);
+    match e.function {
+        LEAF_FEATURES => {
+            e.ebx = (e.ebx & 0x0000_ffff) | (n << 16) | (id << 24);
+            e.ecx |= ECX_HYPERVISOR;
+            if n > 1 {
+                e.edx |= EDX_HTT;
+            } else {
+                e.edx &= !EDX_HTT;
+            }
+        }
+        LEAF_CACHE => {
+            let level = (e.eax >> 5) & 0x7;
+            let sharing = if level >= 3 { n - 1 } else { 0 };
+            e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((n - 1) & 0x3f) << 26);
+        }
+        LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
+            e.edx = id;
+            match e.index {
+                0 => {
+                    // SMT level: one thread per core.
+                    e.eax = 0;
+                    e.ebx = 1;
+                    e.ecx = 1 << 8;
+                }
+                1 => {
+                    // Core level: n cores in the package.
+                    e.eax = bits_for(n);
+                    e.ebx = n;
+                    e.ecx = (2 << 8) | 1;
+                }
+                i => {
+                    e.eax = 0;
+                    e.ebx = 0;
+                    e.ecx = i & 0xff;
+                }
+            }
+        }
+        LEAF_HYPERVISOR => {
+            e.eax = e.eax.max(LEAF_HYPERVISOR + 1);
+            e.ebx = KVM_SIGNATURE[0];
+            e.ecx = KVM_SIGNATURE[1];
+            e.edx = KVM_SIGNATURE[2];
+        }
+        LEAF_AMD_SIZES => {
+            e.ecx = (e.ecx & !0xf0ff) | ((n - 1) & 0xff) | (bits_for(n) << 12);
+        }
+        LEAF_AMD_EXT_APIC => {
+            e.eax = id;
+            e.ebx = id & 0xff;
+            e.ecx = 0;
+        }
+        _ => {}
+    }
+}
+
+/// Normalizes every entry of `cpuid` for vCPU `cpu_id` of `n_vcpus`.
+pub fn normalize(cpuid: &mut CpuId, cpu_id: u8, n_vcpus: u8) {
+    for e in cpuid.as_mut_slice() {
+        normalize_entry(e, cpu_id, n_vcpus);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ebx: 0x0000_0800,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn leaf1_apic_id_count_and_hypervisor_bit() {
+        let mut e = entry(1, 0);
+        normalize_entry(&mut e, 3, 4);
+        assert_eq!(e.ebx >> 24, 3);
+        assert_eq!((e.ebx >> 16) & 0xff, 4);
+        assert_eq!(e.ebx & 0xffff, 0x800);
+        assert_ne!(e.ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(e.edx & EDX_HTT, 0);
+    }
+
+    #[test]
+    fn topology_leaf() {
+        let mut smt = entry(0xb, 0);
+        let mut core = entry(0xb, 1);
+        let mut end = entry(0xb, 2);
+        for e in [&mut smt, &mut core, &mut end] {
+            normalize_entry(e, 1, 3);
+        }
+        assert_eq!((smt.ebx, smt.ecx >> 8, smt.edx), (1, 1, 1));
+        assert_eq!((core.eax, core.ebx, core.ecx >> 8), (2, 3, 2));
+        assert_eq!((end.ebx, end.ecx >> 8), (0, 0));
+    }
+
+    #[test]
+    fn hypervisor_signature() {
+        let mut e = entry(LEAF_HYPERVISOR, 0);
+        normalize_entry(&mut e, 0, 1);
+        let mut sig = Vec::new();
+        for r in [e.ebx, e.ecx, e.edx] {
+            sig.extend_from_slice(&r.to_le_bytes());
+        }
+        assert_eq!(&sig[..9], b"KVMKVMKVM");
+    }
+
+    #[test]
+    fn bit_counts() {
+        assert_eq!(bits_for(1), 0);
+        assert_eq!(bits_for(2), 1);
+        assert_eq!(bits_for(3), 2);
+        assert_eq!(bits_for(4), 2);
+        assert_eq!(bits_for(5), 3);
+    }
+}

@@ -1,0 +1,423 @@
+//! The VM configuration: read from a JSON or TOML file, then overridden by flags, then
+//! validated. The live VM is built from a validated [`VmConfig`] in one step.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::arch::mptable;
+use crate::memory::MIN_MEM_SIZE;
+
+/// Kernel command line used when none is configured.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("parsing {path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("config file {0} must end in .json or .toml")]
+    UnknownFormat(PathBuf),
+    #[error("no kernel configured")]
+    NoKernel,
+    #[error("vcpus must be 1..={max}, got {got}")]
+    Vcpus { got: u8, max: u8 },
+    #[error("memory must be at least {min} MiB, got {got} MiB")]
+    Memory { got: u64, min: u64 },
+    #[error("invalid {what} {value:?}: {why}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// Where the serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialOutput {
+    #[default]
+    Stdout,
+    None,
+    File(PathBuf),
+}
+
+impl SerialOutput {
+    /// `stdout`, `none`, or a file path.
+    pub fn parse(s: &str) -> SerialOutput {
+        match s {
+            "stdout" | "-" => SerialOutput::Stdout,
+            "none" | "off" => SerialOutput::None,
+            path => SerialOutput::File(PathBuf::from(path)),
+        }
+    }
+}
+
+/// Disk image formats. Configured, never probed from the image's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    #[default]
+    Raw,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub format: ImageFormat,
+    /// Serial number the guest sees (VIRTIO_BLK_T_GET_ID), at most 20 bytes.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    pub guest_cid: u32,
+    /// Host Unix socket: the host connects here; guest-initiated connections go to
+    /// `<socket>_<port>`.
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    pub tap: String,
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    pub tag: String,
+    pub socket: PathBuf,
+}
+
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_mem() -> u64 {
+    256
+}
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    #[serde(default = "default_mem")]
+    pub mem_mib: u64,
+    #[serde(default)]
+    pub serial: SerialOutput,
+    #[serde(default)]
+    pub drives: Vec<DriveConfig>,
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
+    /// Run even on a PVM or emulation-only /dev/kvm.
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            kernel: None,
+            initrd: None,
+            cmdline: default_cmdline(),
+            vcpus: default_vcpus(),
+            mem_mib: default_mem(),
+            serial: SerialOutput::default(),
+            drives: Vec::new(),
+            vsock: None,
+            net: Vec::new(),
+            fs: Vec::new(),
+            force: false,
+        }
+    }
+}
+
+impl VmConfig {
+    /// Reads a config file; the format follows the extension.
+    pub fn from_file(path: &Path) -> Result<VmConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+            path: path.into(),
+            err,
+        })?;
+        let parse = |msg: String| ConfigError::Parse {
+            path: path.into(),
+            msg,
+        };
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => serde_json::from_str(&text).map_err(|e| parse(e.to_string())),
+            Some("toml") => toml::from_str(&text).map_err(|e| parse(e.to_string())),
+            _ => Err(ConfigError::UnknownFormat(path.into())),
+        }
+    }
+
+    /// Checks everything that can be checked before touching KVM.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kernel.is_none() {
+            return Err(ConfigError::NoKernel);
+        }
+        if self.vcpus == 0 || self.vcpus > mptable::MAX_VCPUS {
+            return Err(ConfigError::Vcpus {
+                got: self.vcpus,
+                max: mptable::MAX_VCPUS,
+            });
+        }
+        let min = MIN_MEM_SIZE >> 20;
+        if self.mem_mib < min || self.mem_mib > (1 << 20) {
+            return Err(ConfigError::Memory {
+                got: self.mem_mib,
+                min,
+            });
+        }
+        for d in &self.drives {
+            if d.id.as_ref().is_some_and(|id| id.len() > 20) {
+                return Err(ConfigError::Invalid {
+                    what: "drive id",
+                    value: d.id.clone().unwrap_or_default(),
+                    why: "longer than 20 bytes",
+                });
+            }
+        }
+        if let Some(v) = &self.vsock {
+            if v.guest_cid < 3 {
+                return Err(ConfigError::Invalid {
+                    what: "vsock guest_cid",
+                    value: v.guest_cid.to_string(),
+                    why: "0, 1 and 2 are reserved",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `key=value,key=value` (and bare `flag` words) as used by the drive, vsock, net
+/// and fs flags.
+pub fn parse_kv(s: &str) -> Vec<(&str, &str)> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect()
+}
+
+fn bool_value(what: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v {
+        "" | "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            what,
+            value: v.into(),
+            why: "expected on/off",
+        }),
+    }
+}
+
+fn unknown(what: &'static str, key: &str) -> ConfigError {
+    ConfigError::Invalid {
+        what,
+        value: key.into(),
+        why: "unknown key",
+    }
+}
+
+impl DriveConfig {
+    /// `path=IMG[,ro][,format=raw][,id=SERIAL]` or just `IMG[,ro]`.
+    pub fn parse(s: &str) -> Result<DriveConfig, ConfigError> {
+        let mut d = DriveConfig {
+            path: PathBuf::new(),
+            read_only: false,
+            format: ImageFormat::Raw,
+            id: None,
+        };
+        for (i, (k, v)) in parse_kv(s).into_iter().enumerate() {
+            match (k, v) {
+                ("path", p) => d.path = p.into(),
+                ("ro" | "readonly" | "read_only", v) => d.read_only = bool_value("ro", v)?,
+                ("format", "raw") => d.format = ImageFormat::Raw,
+                ("format", f) => {
+                    return Err(ConfigError::Invalid {
+                        what: "drive format",
+                        value: f.into(),
+                        why: "only raw is supported",
+                    })
+                }
+                ("id", id) => d.id = Some(id.into()),
+                (p, "") if i == 0 => d.path = p.into(),
+                (k, _) => return Err(unknown("drive option", k)),
+            }
+        }
+        if d.path.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                what: "drive",
+                value: s.into(),
+                why: "no path",
+            });
+        }
+        Ok(d)
+    }
+}
+
+impl VsockConfig {
+    /// `cid=N,socket=PATH`.
+    pub fn parse(s: &str) -> Result<VsockConfig, ConfigError> {
+        let (mut cid, mut socket) = (None, None);
+        for (k, v) in parse_kv(s) {
+            match k {
+                "cid" | "guest_cid" => {
+                    cid = Some(v.parse::<u32>().map_err(|_| ConfigError::Invalid {
+                        what: "vsock cid",
+                        value: v.into(),
+                        why: "not a number",
+                    })?)
+                }
+                "socket" | "uds" | "path" => socket = Some(PathBuf::from(v)),
+                k => return Err(unknown("vsock option", k)),
+            }
+        }
+        match (cid, socket) {
+            (Some(guest_cid), Some(socket)) => Ok(VsockConfig { guest_cid, socket }),
+            _ => Err(ConfigError::Invalid {
+                what: "vsock",
+                value: s.into(),
+                why: "needs cid=N,socket=PATH",
+            }),
+        }
+    }
+}
+
+impl NetConfig {
+    /// `tap=NAME[,mac=MAC]`.
+    pub fn parse(s: &str) -> Result<NetConfig, ConfigError> {
+        let mut n = NetConfig {
+            tap: String::new(),
+            mac: None,
+        };
+        for (i, (k, v)) in parse_kv(s).into_iter().enumerate() {
+            match (k, v) {
+                ("tap", t) => n.tap = t.into(),
+                ("mac", m) => n.mac = Some(m.into()),
+                (t, "") if i == 0 => n.tap = t.into(),
+                (k, _) => return Err(unknown("net option", k)),
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl FsConfig {
+    /// `tag=TAG,socket=PATH`.
+    pub fn parse(s: &str) -> Result<FsConfig, ConfigError> {
+        let (mut tag, mut socket) = (None, None);
+        for (k, v) in parse_kv(s) {
+            match k {
+                "tag" => tag = Some(v.to_string()),
+                "socket" => socket = Some(PathBuf::from(v)),
+                k => return Err(unknown("fs option", k)),
+            }
+        }
+        match (tag, socket) {
+            (Some(tag), Some(socket)) => Ok(FsConfig { tag, socket }),
+            _ => Err(ConfigError::Invalid {
+                what: "fs",
+                value: s.into(),
+                why: "needs tag=TAG,socket=PATH",
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_toml_files() {
+        let dir = std::env::temp_dir().join(format!("husk-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let j = dir.join("vm.json");
+        std::fs::write(
+            &j,
+            r#"{"kernel":"/k","vcpus":2,"mem_mib":128,"serial":{"file":"/tmp/c"},
+               "drives":[{"path":"/d","read_only":true}],"vsock":{"guest_cid":3,"socket":"/s"}}"#,
+        )
+        .unwrap();
+        let c = VmConfig::from_file(&j).unwrap();
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.serial, SerialOutput::File("/tmp/c".into()));
+        assert!(c.drives[0].read_only);
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        c.validate().unwrap();
+        let t = dir.join("vm.toml");
+        std::fs::write(
+            &t,
+            "kernel = \"/k\"\nmem_mib = 64\n[[drives]]\npath = \"/d\"\n",
+        )
+        .unwrap();
+        let c = VmConfig::from_file(&t).unwrap();
+        assert_eq!(c.mem_mib, 64);
+        std::fs::write(&t, "kernel = \"/k\"\nbogus = 1\n").unwrap();
+        assert!(matches!(
+            VmConfig::from_file(&t),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            VmConfig::from_file(&dir.join("vm.yaml")),
+            Err(ConfigError::Read { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = VmConfig::default();
+        assert!(matches!(c.validate(), Err(ConfigError::NoKernel)));
+        c.kernel = Some("/k".into());
+        c.validate().unwrap();
+        c.vcpus = 0;
+        assert!(c.validate().is_err());
+        c.vcpus = 33;
+        assert!(c.validate().is_err());
+        c.vcpus = 2;
+        c.mem_mib = 8;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn flag_syntax() {
+        let d = DriveConfig::parse("/img,ro").unwrap();
+        assert_eq!((d.path.to_str().unwrap(), d.read_only), ("/img", true));
+        let d = DriveConfig::parse("path=/img,ro=off,id=disk0").unwrap();
+        assert!(!d.read_only);
+        assert_eq!(d.id.as_deref(), Some("disk0"));
+        assert!(DriveConfig::parse("path=/i,format=qcow2").is_err());
+        assert!(DriveConfig::parse("ro").is_err());
+        let v = VsockConfig::parse("cid=3,socket=/tmp/v.sock").unwrap();
+        assert_eq!(v.guest_cid, 3);
+        assert!(VsockConfig::parse("cid=x,socket=/s").is_err());
+        assert_eq!(NetConfig::parse("tap0").unwrap().tap, "tap0");
+        assert!(FsConfig::parse("tag=share").is_err());
+        assert_eq!(SerialOutput::parse("none"), SerialOutput::None);
+    }
+}

@@ -1,0 +1,180 @@
+use super::*;
+use crate::devices::virtio::test_utils::{desc, mem, queue_with, used, F_NEXT, F_WRITE};
+use crate::devices::virtio::NoRegistry;
+use vmm_sys_util::eventfd::EventFd;
+
+const HDR: u64 = 0x1000;
+const DATA: u64 = 0x10000;
+const STATUS: u64 = 0x2000;
+
+fn image(name: &str, bytes: &[u8]) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("husk-blk-{}-{name}", std::process::id()));
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn block(path: &Path, read_only: bool) -> Block {
+    Block::new(&DriveConfig {
+        path: path.into(),
+        read_only,
+        format: ImageFormat::Raw,
+        id: Some("husk-disk".into()),
+    })
+    .unwrap()
+}
+
+fn run(
+    b: &mut Block,
+    m: &GuestMemory,
+    t: u32,
+    sector: u64,
+    data: &[(u64, u32, bool)],
+) -> (u8, Vec<(u32, u32)>) {
+    m.write_obj(t, GuestAddress(HDR)).unwrap();
+    m.write_obj(sector, GuestAddress(HDR + 8)).unwrap();
+    m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    let mut d = vec![desc(HDR, 16, F_NEXT, 1)];
+    for (i, (addr, len, w)) in data.iter().enumerate() {
+        let f = F_NEXT | if *w { F_WRITE } else { 0 };
+        d.push(desc(*addr, *len, f, i as u16 + 2));
+    }
+    d.push(desc(STATUS, 1, F_WRITE, 0));
+    let (vq, q) = queue_with(m, 16, &d);
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    b.activate(
+        Activation {
+            mem: m.clone(),
+            queues: vec![q],
+            interrupt: Arc::new(Interrupt::new(irq)),
+            acked_features: 0,
+        },
+        &mut NoRegistry,
+    )
+    .unwrap();
+    b.queue_notify(0, &mut NoRegistry);
+    let status: u8 = m.read_obj(GuestAddress(STATUS)).unwrap();
+    (status, used(&vq))
+}
+
+#[test]
+fn write_then_read_round_trip() {
+    let p = image("rw", &vec![0u8; 8192]);
+    let mut b = block(&p, false);
+    assert_eq!(b.capacity(), 16);
+    let m = mem();
+    let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 7) as u8).collect();
+    m.write_slice(&pattern, GuestAddress(DATA)).unwrap();
+    let (s, u) = run(
+        &mut b,
+        &m,
+        super::super::VIRTIO_BLK_T_OUT,
+        2,
+        &[(DATA, 1024, false)],
+    );
+    assert_eq!((s, u), (VIRTIO_BLK_S_OK, vec![(0, 1)]));
+    let on_disk = std::fs::read(&p).unwrap();
+    assert_eq!(&on_disk[1024..2048], &pattern[..]);
+    // Read it back in two segments.
+    let (s, u) = run(
+        &mut b,
+        &m,
+        super::super::VIRTIO_BLK_T_IN,
+        2,
+        &[(DATA + 0x10000, 512, true), (DATA + 0x20000, 512, true)],
+    );
+    assert_eq!((s, u), (VIRTIO_BLK_S_OK, vec![(0, 1025)]));
+    let mut back = vec![0u8; 512];
+    m.read_slice(&mut back, GuestAddress(DATA + 0x20000))
+        .unwrap();
+    assert_eq!(&back[..], &pattern[512..]);
+    let (s, _) = run(&mut b, &m, super::super::VIRTIO_BLK_T_FLUSH, 0, &[]);
+    assert_eq!(s, VIRTIO_BLK_S_OK);
+    std::fs::remove_file(&p).unwrap();
+}
+
+#[test]
+fn read_only_enforced_even_if_guest_ignores_the_feature() {
+    let p = image("ro", &vec![5u8; 4096]);
+    let mut b = block(&p, true);
+    assert_ne!(b.features() & VIRTIO_BLK_F_RO, 0);
+    let m = mem();
+    m.write_slice(&[1u8; 512], GuestAddress(DATA)).unwrap();
+    let (s, u) = run(
+        &mut b,
+        &m,
+        super::super::VIRTIO_BLK_T_OUT,
+        0,
+        &[(DATA, 512, false)],
+    );
+    assert_eq!((s, u), (VIRTIO_BLK_S_IOERR, vec![(0, 1)]));
+    assert_eq!(std::fs::read(&p).unwrap(), vec![5u8; 4096]);
+    std::fs::remove_file(&p).unwrap();
+}
+
+#[test]
+fn get_id_and_unsupported() {
+    let p = image("id", &vec![0u8; 4096]);
+    let mut b = block(&p, false);
+    let m = mem();
+    let (s, u) = run(
+        &mut b,
+        &m,
+        super::super::VIRTIO_BLK_T_GET_ID,
+        0,
+        &[(DATA, 20, true)],
+    );
+    assert_eq!((s, u), (VIRTIO_BLK_S_OK, vec![(0, 21)]));
+    let mut id = [0u8; 9];
+    m.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    assert_eq!(&id, b"husk-disk");
+    let (s, _) = run(&mut b, &m, 77, 0, &[]);
+    assert_eq!(s, VIRTIO_BLK_S_UNSUPP);
+    std::fs::remove_file(&p).unwrap();
+}
+
+#[test]
+fn malformed_requests_complete_with_error() {
+    let p = image("bad", &vec![0u8; 4096]);
+    let mut b = block(&p, false);
+    let m = mem();
+    // Beyond the disk: IOERR, used length 1, nothing written.
+    let (s, u) = run(
+        &mut b,
+        &m,
+        super::super::VIRTIO_BLK_T_IN,
+        8,
+        &[(DATA, 512, true)],
+    );
+    assert_eq!((s, u), (VIRTIO_BLK_S_IOERR, vec![(0, 1)]));
+    // Data outside guest memory.
+    let (s, _) = run(
+        &mut b,
+        &m,
+        super::super::VIRTIO_BLK_T_IN,
+        0,
+        &[(1 << 40, 512, true)],
+    );
+    assert_eq!(s, VIRTIO_BLK_S_IOERR);
+    std::fs::remove_file(&p).unwrap();
+}
+
+#[test]
+fn config_space_capacity_and_seg_max() {
+    let p = image("cfg", &vec![0u8; 10 * 512 + 100]);
+    let b = block(&p, false);
+    let mut cap = [0u8; 8];
+    b.read_config(0, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 10);
+    let mut seg = [0u8; 4];
+    b.read_config(12, &mut seg);
+    assert_eq!(u32::from_le_bytes(seg), u32::from(QUEUE_SIZE) - 2);
+    std::fs::remove_file(&p).unwrap();
+}
+
+#[test]
+fn inactive_device_ignores_notifications() {
+    let p = image("inactive", &vec![0u8; 4096]);
+    let mut b = block(&p, false);
+    assert_eq!(b.process_queue(), 0);
+    std::fs::remove_file(&p).unwrap();
+}

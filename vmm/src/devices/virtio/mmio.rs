@@ -1,0 +1,326 @@
+//! The virtio-mmio transport (virtio 1.2, section 4.2.2), version 2 registers. Guest writes
+//! arrive from vCPU threads; queue notifications arrive as ioeventfds on the event loop.
+
+use std::sync::Arc;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{
+    copy_queue, Activation, EventRegistry, Interrupt, OpsRegistry, VirtioDevice, INT_CONFIG,
+    QUEUE_TOKEN_BASE, VIRTIO_F_VERSION_1,
+};
+use crate::bus::BusDevice;
+use crate::memory::GuestMemory;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR: u32 = 0x4b53_5548; // "HUSK"
+
+pub const REG_QUEUE_NOTIFY: u64 = 0x50;
+const REG_CONFIG: u64 = 0x100;
+
+pub const STATUS_ACKNOWLEDGE: u32 = 1;
+pub const STATUS_DRIVER: u32 = 2;
+pub const STATUS_DRIVER_OK: u32 = 4;
+pub const STATUS_FEATURES_OK: u32 = 8;
+pub const STATUS_NEEDS_RESET: u32 = 0x40;
+pub const STATUS_FAILED: u32 = 0x80;
+
+/// The device's lifecycle as the transport sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceState {
+    /// Reset or being configured by the driver.
+    Inactive,
+    /// DRIVER_OK accepted: the device owns its queues.
+    Active,
+    /// Activation failed: the driver must reset the device.
+    Failed,
+}
+
+pub struct MmioTransport<D: VirtioDevice> {
+    device: D,
+    mem: GuestMemory,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    state: DeviceState,
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    acked_features: u64,
+    queue_sel: u32,
+    config_generation: u32,
+}
+
+impl<D: VirtioDevice> MmioTransport<D> {
+    /// `irq_evt` is registered as the device's irqfd; `queue_evts` (one per queue) as
+    /// ioeventfds on QueueNotify by the caller.
+    pub fn new(device: D, mem: GuestMemory, irq_evt: EventFd) -> std::io::Result<Self> {
+        let mut queues = Vec::new();
+        let mut queue_evts = Vec::new();
+        for &max in device.queue_max_sizes() {
+            queues.push(Queue::new(max).map_err(|e| std::io::Error::other(format!("{e}")))?);
+            queue_evts.push(EventFd::new(libc::EFD_NONBLOCK)?);
+        }
+        Ok(MmioTransport {
+            device,
+            mem,
+            interrupt: Arc::new(Interrupt::new(irq_evt)),
+            queues,
+            queue_evts,
+            state: DeviceState::Inactive,
+            status: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            acked_features: 0,
+            queue_sel: 0,
+            config_generation: 0,
+        })
+    }
+
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    pub fn state(&self) -> DeviceState {
+        self.state
+    }
+
+    pub fn interrupt(&self) -> &Arc<Interrupt> {
+        &self.interrupt
+    }
+
+    fn features(&self) -> u64 {
+        self.device.features() | VIRTIO_F_VERSION_1
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        if self.state != DeviceState::Inactive {
+            return None;
+        }
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn reset(&mut self, reg: &mut dyn EventRegistry) {
+        if self.state == DeviceState::Active {
+            self.device.reset(reg);
+        }
+        self.state = DeviceState::Inactive;
+        self.status = 0;
+        self.acked_features = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.interrupt.ack(u32::MAX);
+    }
+
+    fn activate(&mut self, reg: &mut dyn EventRegistry) {
+        let all_valid = self
+            .queues
+            .iter()
+            .enumerate()
+            .find(|(_, q)| !q.is_valid(&self.mem));
+        let result = match all_valid {
+            Some((i, _)) => Err(super::ActivateError::InvalidQueue(i)),
+            None => self.device.activate(
+                Activation {
+                    mem: self.mem.clone(),
+                    queues: self.queues.iter().map(copy_queue).collect(),
+                    interrupt: self.interrupt.clone(),
+                    acked_features: self.acked_features,
+                },
+                reg,
+            ),
+        };
+        match result {
+            Ok(()) => self.state = DeviceState::Active,
+            Err(e) => {
+                log::warn!("virtio device type {}: {e}", self.device.device_type());
+                self.state = DeviceState::Failed;
+                self.status |= STATUS_NEEDS_RESET;
+                self.interrupt.signal(INT_CONFIG);
+            }
+        }
+    }
+
+    fn write_status(&mut self, v: u32, reg: &mut dyn EventRegistry) {
+        if v == 0 {
+            self.reset(reg);
+            return;
+        }
+        // The driver may only add bits (virtio 1.2, 3.1.1).
+        if v & self.status != self.status {
+            return;
+        }
+        let mut v = v;
+        if v & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
+            let ok = self.acked_features & !self.features() == 0
+                && self.acked_features & VIRTIO_F_VERSION_1 != 0;
+            if !ok {
+                v &= !STATUS_FEATURES_OK;
+            }
+        }
+        let newly_ok = v & STATUS_DRIVER_OK != 0 && self.status & STATUS_DRIVER_OK == 0;
+        self.status = v;
+        if newly_ok && v & STATUS_FEATURES_OK != 0 && self.state == DeviceState::Inactive {
+            self.activate(reg);
+        }
+    }
+
+    fn read_reg(&self, offset: u64) -> u32 {
+        let q = self.queues.get(self.queue_sel as usize);
+        match offset {
+            0x00 => MAGIC,
+            0x04 => VERSION,
+            0x08 => self.device.device_type(),
+            0x0c => VENDOR,
+            0x10 => match self.device_features_sel {
+                0 => self.features() as u32,
+                1 => (self.features() >> 32) as u32,
+                _ => 0,
+            },
+            0x34 => q.map_or(0, |q| u32::from(q.max_size())),
+            0x44 => q.map_or(0, |q| u32::from(q.ready())),
+            0x60 => self.interrupt.status(),
+            0x70 => self.status,
+            0xfc => self.config_generation,
+            _ => 0,
+        }
+    }
+
+    fn write_reg(&mut self, offset: u64, v: u32, reg: &mut dyn EventRegistry) {
+        let configurable = self.status & STATUS_DRIVER_OK == 0;
+        match offset {
+            0x14 => self.device_features_sel = v,
+            0x20 if self.status & STATUS_FEATURES_OK == 0 => match self.driver_features_sel {
+                0 => self.acked_features = (self.acked_features & !0xffff_ffff) | u64::from(v),
+                1 => {
+                    self.acked_features = (self.acked_features & 0xffff_ffff) | (u64::from(v) << 32)
+                }
+                _ => {}
+            },
+            0x24 => self.driver_features_sel = v,
+            0x30 => self.queue_sel = v,
+            0x38 if configurable => {
+                if let Ok(size) = u16::try_from(v) {
+                    if let Some(q) = self.selected_queue() {
+                        q.set_size(size);
+                    }
+                }
+            }
+            0x44 if configurable => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(v == 1);
+                }
+            }
+            REG_QUEUE_NOTIFY => {
+                // Reached only without an ioeventfd: forward to the queue's eventfd.
+                if let Some(e) = self.queue_evts.get(v as usize) {
+                    let _ = e.write(1);
+                }
+            }
+            0x64 => self.interrupt.ack(v),
+            0x70 => self.write_status(v, reg),
+            0x80..=0xa4 if configurable => {
+                let Some(q) = self.selected_queue() else {
+                    return;
+                };
+                match offset {
+                    0x80 => q.set_desc_table_address(Some(v), None),
+                    0x84 => q.set_desc_table_address(None, Some(v)),
+                    0x90 => q.set_avail_ring_address(Some(v), None),
+                    0x94 => q.set_avail_ring_address(None, Some(v)),
+                    0xa0 => q.set_used_ring_address(Some(v), None),
+                    0xa4 => q.set_used_ring_address(None, Some(v)),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Dispatches a queue notification or a device event (event-loop side).
+    pub fn handle_event(&mut self, token: u32, events: EventSet, reg: &mut dyn EventRegistry) {
+        if token >= QUEUE_TOKEN_BASE {
+            let index = (token - QUEUE_TOKEN_BASE) as usize;
+            if let Some(e) = self.queue_evts.get(index) {
+                let _ = e.read();
+            }
+            if self.state == DeviceState::Active {
+                self.device.queue_notify(index, reg);
+            }
+        } else {
+            self.device.process_event(token, events, reg);
+        }
+    }
+}
+
+impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= REG_CONFIG {
+            self.device.read_config(offset - REG_CONFIG, data);
+            return;
+        }
+        if data.len() != 4 || offset % 4 != 0 {
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= REG_CONFIG {
+            if self.status & STATUS_DRIVER_OK == 0 || self.state == DeviceState::Active {
+                self.device.write_config(offset - REG_CONFIG, data);
+                self.config_generation = self.config_generation.wrapping_add(1);
+            }
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return;
+        };
+        if offset % 4 != 0 {
+            return;
+        }
+        // A vCPU thread has no event loop at hand: devices register their file descriptors
+        // in `init_events` or while handling events, never in activate/reset.
+        self.write_reg(offset, u32::from_le_bytes(bytes), &mut super::NoRegistry);
+    }
+}
+
+impl<D: VirtioDevice> MutEventSubscriber for MmioTransport<D> {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, e) in self.queue_evts.iter().enumerate() {
+            if let Err(err) = ops.add(Events::with_data(
+                e,
+                QUEUE_TOKEN_BASE + i as u32,
+                EventSet::IN,
+            )) {
+                log::warn!("registering queue {i} eventfd: {err:?}");
+            }
+        }
+        self.device.init_events(&mut OpsRegistry(ops));
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        self.handle_event(events.data(), events.event_set(), &mut OpsRegistry(ops));
+    }
+}
+
+#[cfg(test)]
+#[path = "mmio_tests.rs"]
+mod tests;

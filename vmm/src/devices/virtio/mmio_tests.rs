@@ -1,0 +1,202 @@
+use super::*;
+use crate::devices::virtio::test_utils::{mem, queue_with};
+use crate::devices::virtio::{ActivateError, NoRegistry};
+
+#[derive(Default)]
+struct Dummy {
+    activated: bool,
+    notified: Vec<usize>,
+    resets: u32,
+    fail: bool,
+}
+
+impl VirtioDevice for Dummy {
+    fn device_type(&self) -> u32 {
+        42
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[16, 16]
+    }
+    fn features(&self) -> u64 {
+        1 << 5
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        super::super::read_config_bytes(&[0xaa, 0xbb], offset, data)
+    }
+    fn activate(&mut self, a: Activation, _: &mut dyn EventRegistry) -> Result<(), ActivateError> {
+        assert_eq!(a.queues.len(), 2);
+        if self.fail {
+            return Err(ActivateError::Device("nope".into()));
+        }
+        self.activated = true;
+        Ok(())
+    }
+    fn reset(&mut self, _: &mut dyn EventRegistry) {
+        self.activated = false;
+        self.resets += 1;
+    }
+    fn queue_notify(&mut self, index: usize, _: &mut dyn EventRegistry) {
+        self.notified.push(index);
+    }
+}
+
+fn rd(t: &mut MmioTransport<Dummy>, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    t.read(off, &mut b);
+    u32::from_le_bytes(b)
+}
+
+fn wr(t: &mut MmioTransport<Dummy>, off: u64, v: u32) {
+    t.write(off, &v.to_le_bytes());
+}
+
+fn transport(fail: bool) -> MmioTransport<Dummy> {
+    let d = Dummy {
+        fail,
+        ..Default::default()
+    };
+    MmioTransport::new(d, mem(), EventFd::new(libc::EFD_NONBLOCK).unwrap()).unwrap()
+}
+
+/// Drives the driver side of initialization with valid queues at 0x10000 and 0x20000.
+fn bring_up(t: &mut MmioTransport<Dummy>) {
+    let m = mem();
+    wr(t, 0x70, STATUS_ACKNOWLEDGE);
+    wr(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    wr(t, 0x24, 1);
+    wr(t, 0x20, 1); // VERSION_1
+    wr(t, 0x24, 0);
+    wr(t, 0x20, 1 << 5);
+    wr(
+        t,
+        0x70,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+    );
+    assert_ne!(rd(t, 0x70) & STATUS_FEATURES_OK, 0);
+    for (i, base) in [(0u32, 0x10000u64), (1, 0x20000)] {
+        let (vq, _) = queue_with(&m, 16, &[]);
+        drop(vq);
+        wr(t, 0x30, i);
+        wr(t, 0x38, 16);
+        wr(t, 0x80, base as u32);
+        wr(t, 0x90, (base + 0x100) as u32);
+        wr(t, 0xa0, (base + 0x200) as u32);
+        wr(t, 0x44, 1);
+    }
+    wr(
+        t,
+        0x70,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+    );
+}
+
+#[test]
+fn identification_registers() {
+    let mut t = transport(false);
+    assert_eq!(rd(&mut t, 0x00), MAGIC);
+    assert_eq!(rd(&mut t, 0x04), 2);
+    assert_eq!(rd(&mut t, 0x08), 42);
+    assert_eq!(rd(&mut t, 0x10), 1 << 5);
+    wr(&mut t, 0x14, 1);
+    assert_eq!(rd(&mut t, 0x10), 1);
+    assert_eq!(rd(&mut t, 0x34), 16);
+    let mut b = [0u8; 2];
+    t.read(0x100, &mut b);
+    assert_eq!(b, [0xaa, 0xbb]);
+    // Narrow or unaligned register accesses read as zero and are ignored on write.
+    let mut one = [9u8; 1];
+    t.read(0x00, &mut one);
+    assert_eq!(one, [0]);
+    t.write(0x70, &[1]);
+    assert_eq!(rd(&mut t, 0x70), 0);
+}
+
+#[test]
+fn full_bring_up_activates_and_reset_deactivates() {
+    let mut t = transport(false);
+    bring_up(&mut t);
+    assert_eq!(t.state(), DeviceState::Active);
+    assert!(t.device().activated);
+    t.handle_event(QUEUE_TOKEN_BASE + 1, EventSet::IN, &mut NoRegistry);
+    assert_eq!(t.device().notified, vec![1]);
+    // Queue config is frozen while active.
+    wr(&mut t, 0x30, 0);
+    wr(&mut t, 0x38, 4);
+    wr(&mut t, 0x30, 0);
+    wr(&mut t, 0x70, 0);
+    assert_eq!(t.state(), DeviceState::Inactive);
+    assert_eq!(t.device().resets, 1);
+    assert_eq!(rd(&mut t, 0x70), 0);
+    assert_eq!(rd(&mut t, 0x44), 0);
+}
+
+#[test]
+fn features_ok_refused_for_unknown_features_or_legacy() {
+    let mut t = transport(false);
+    wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    wr(&mut t, 0x20, 1 << 7); // not offered, and no VERSION_1
+    wr(
+        &mut t,
+        0x70,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+    );
+    assert_eq!(rd(&mut t, 0x70) & STATUS_FEATURES_OK, 0);
+}
+
+#[test]
+fn invalid_queue_fails_activation() {
+    let mut t = transport(false);
+    wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    wr(&mut t, 0x24, 1);
+    wr(&mut t, 0x20, 1);
+    wr(
+        &mut t,
+        0x70,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+    );
+    // Queues never made ready, and one placed outside guest memory.
+    wr(&mut t, 0x30, 0);
+    wr(&mut t, 0x84, 0xffff_ffff);
+    wr(&mut t, 0x44, 1);
+    wr(
+        &mut t,
+        0x70,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+    );
+    assert_eq!(t.state(), DeviceState::Failed);
+    assert!(!t.device().activated);
+    assert_ne!(rd(&mut t, 0x70) & STATUS_NEEDS_RESET, 0);
+    assert_ne!(rd(&mut t, 0x60) & INT_CONFIG, 0);
+    // Notifications to a failed device go nowhere.
+    t.handle_event(QUEUE_TOKEN_BASE, EventSet::IN, &mut NoRegistry);
+    assert!(t.device().notified.is_empty());
+}
+
+#[test]
+fn device_activation_error_is_contained() {
+    let mut t = transport(true);
+    bring_up(&mut t);
+    assert_eq!(t.state(), DeviceState::Failed);
+}
+
+#[test]
+fn hostile_register_values() {
+    let mut t = transport(false);
+    wr(&mut t, 0x30, u32::MAX); // queue select out of range
+    assert_eq!(rd(&mut t, 0x34), 0);
+    wr(&mut t, 0x38, 1 << 20);
+    wr(&mut t, 0x44, 1);
+    wr(&mut t, 0x50, u32::MAX); // notify of a queue that does not exist
+    wr(&mut t, 0x24, 7);
+    wr(&mut t, 0x20, u32::MAX);
+    wr(&mut t, 0x14, u32::MAX);
+    assert_eq!(rd(&mut t, 0x10), 0);
+    t.handle_event(QUEUE_TOKEN_BASE + 999, EventSet::IN, &mut NoRegistry);
+    t.write(0xfff, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    let mut big = [0u8; 8];
+    t.read(u64::MAX, &mut big);
+    // Status bits cannot be taken away except by reset.
+    wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    wr(&mut t, 0x70, STATUS_ACKNOWLEDGE);
+    assert_eq!(rd(&mut t, 0x70), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+}

@@ -1,0 +1,311 @@
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+
+use super::*;
+use crate::devices::virtio::test_utils::{desc, mem, used, RecordingRegistry, F_NEXT, F_WRITE};
+use crate::devices::virtio::vsock::muxer::TOKEN_LISTENER;
+use crate::devices::virtio::vsock::packet::*;
+use crate::devices::virtio::vsock::HOST_CID;
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+const RX_BUFS: u64 = 0x10_0000;
+const TX_BUFS: u64 = 0x20_0000;
+
+struct Harness<'a> {
+    dev: Vsock,
+    m: &'a GuestMemory,
+    rxq: MockSplitQueue<'a, GuestMemory>,
+    txq: MockSplitQueue<'a, GuestMemory>,
+    reg: RecordingRegistry,
+    rx_next: u16,
+    tx_next: u16,
+    rx_seen: usize,
+}
+
+fn sock_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("husk-vsock-{}-{name}.sock", std::process::id()))
+}
+
+impl<'a> Harness<'a> {
+    fn new(m: &'a GuestMemory, path: &std::path::Path) -> Self {
+        let mut dev = Vsock::new(&VsockConfig {
+            guest_cid: 3,
+            socket: path.into(),
+        })
+        .unwrap();
+        let rxq = MockSplitQueue::create(m, GuestAddress(0), 64);
+        let txq = MockSplitQueue::create(m, GuestAddress(0x8000), 64);
+        let evq = MockSplitQueue::create(m, GuestAddress(0x10000), 64);
+        let mut reg = RecordingRegistry::default();
+        dev.init_events(&mut reg);
+        dev.activate(
+            Activation {
+                mem: m.clone(),
+                queues: vec![
+                    rxq.create_queue().unwrap(),
+                    txq.create_queue().unwrap(),
+                    evq.create_queue().unwrap(),
+                ],
+                interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+                acked_features: 0,
+            },
+            &mut reg,
+        )
+        .unwrap();
+        Harness {
+            dev,
+            m,
+            rxq,
+            txq,
+            reg,
+            rx_next: 0,
+            tx_next: 0,
+            rx_seen: 0,
+        }
+    }
+
+    /// Offers one 4 KiB RX buffer (header and payload in one descriptor, as Linux does).
+    fn give_rx(&mut self) {
+        let addr = RX_BUFS + u64::from(self.rx_next) * 0x1000;
+        self.rxq
+            .add_desc_chains(&[desc(addr, 0x1000, F_WRITE, 0)], self.rx_next)
+            .unwrap();
+        self.rx_next += 1;
+    }
+
+    /// Packets delivered to the guest since the last call.
+    fn take_rx(&mut self) -> Vec<(Header, Vec<u8>)> {
+        let all = used(&self.rxq);
+        let mut out = Vec::new();
+        for (id, len) in &all[self.rx_seen..] {
+            let addr = RX_BUFS + u64::from(*id) * 0x1000;
+            let mut hb = [0u8; HDR_LEN];
+            self.m.read_slice(&mut hb, GuestAddress(addr)).unwrap();
+            let h = Header::from_bytes(&hb);
+            let mut p = vec![0u8; *len as usize - HDR_LEN];
+            self.m
+                .read_slice(&mut p, GuestAddress(addr + HDR_LEN as u64))
+                .unwrap();
+            out.push((h, p));
+        }
+        self.rx_seen = all.len();
+        out
+    }
+
+    /// Sends one packet from the guest: header and payload in two descriptors.
+    fn send(&mut self, h: Header, payload: &[u8]) {
+        let addr = TX_BUFS + u64::from(self.tx_next) * 0x2000;
+        self.m
+            .write_slice(&h.to_bytes(), GuestAddress(addr))
+            .unwrap();
+        self.m
+            .write_slice(payload, GuestAddress(addr + 0x100))
+            .unwrap();
+        let descs = if payload.is_empty() {
+            vec![desc(addr, HDR_LEN as u32, 0, 0)]
+        } else {
+            vec![
+                desc(addr, HDR_LEN as u32, F_NEXT, self.tx_next + 1),
+                desc(addr + 0x100, payload.len() as u32, 0, 0),
+            ]
+        };
+        let n = descs.len() as u16;
+        self.txq.add_desc_chains(&descs, self.tx_next).unwrap();
+        self.tx_next += n;
+        self.dev.queue_notify(TXQ, &mut self.reg);
+    }
+
+    fn send_raw(&mut self, descs: &[virtio_queue::desc::RawDescriptor]) {
+        self.txq.add_desc_chains(descs, self.tx_next).unwrap();
+        self.tx_next += descs.len() as u16;
+        self.dev.queue_notify(TXQ, &mut self.reg);
+    }
+
+    /// Delivers every event the registry has watched, as if epoll had reported IN.
+    fn pump(&mut self) {
+        for _ in 0..4 {
+            let watched: Vec<_> = self.reg.added.clone();
+            for (_, token, ev) in watched {
+                let ev = if ev.is_empty() { EventSet::IN } else { ev };
+                self.dev.process_event(token, ev, &mut self.reg);
+            }
+        }
+    }
+}
+
+fn guest_hdr(op: u16, src_port: u32, dst_port: u32, len: u32) -> Header {
+    Header {
+        src_cid: 3,
+        dst_cid: HOST_CID,
+        src_port,
+        dst_port,
+        len,
+        type_: TYPE_STREAM,
+        op,
+        flags: 0,
+        buf_alloc: 64 * 1024,
+        fwd_cnt: 0,
+    }
+}
+
+#[test]
+fn config_space_is_the_guest_cid() {
+    let p = sock_path("cfg");
+    let d = Vsock::new(&VsockConfig {
+        guest_cid: 42,
+        socket: p.clone(),
+    })
+    .unwrap();
+    let mut b = [0u8; 8];
+    d.read_config(0, &mut b);
+    assert_eq!(u64::from_le_bytes(b), 42);
+    let _ = std::fs::remove_file(p);
+}
+
+#[test]
+fn host_initiated_connect_ok_and_data_both_ways() {
+    let m = mem();
+    let p = sock_path("host");
+    let mut h = Harness::new(&m, &p);
+    for _ in 0..8 {
+        h.give_rx();
+    }
+    let mut host = UnixStream::connect(&p).unwrap();
+    host.write_all(b"CONNECT 1024\n").unwrap();
+    h.dev
+        .process_event(TOKEN_LISTENER, EventSet::IN, &mut h.reg);
+    h.pump();
+    let pkts = h.take_rx();
+    assert_eq!(pkts.len(), 1);
+    let req = pkts[0].0;
+    assert_eq!((req.op, req.dst_port, req.dst_cid), (OP_REQUEST, 1024, 3));
+    let host_port = req.src_port;
+
+    // The guest accepts.
+    h.send(guest_hdr(OP_RESPONSE, 1024, host_port, 0), &[]);
+    let mut line = [0u8; 64];
+    let n = host.read(&mut line).unwrap();
+    assert_eq!(&line[..n], format!("OK {host_port}\n").as_bytes());
+
+    // Host to guest.
+    host.write_all(b"ping from host").unwrap();
+    h.pump();
+    let pkts = h.take_rx();
+    let rw: Vec<_> = pkts.iter().filter(|(h, _)| h.op == OP_RW).collect();
+    assert_eq!(rw.len(), 1);
+    assert_eq!(rw[0].1, b"ping from host");
+
+    // Guest to host.
+    h.send(guest_hdr(OP_RW, 1024, host_port, 5), b"pong!");
+    let mut got = [0u8; 5];
+    host.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"pong!");
+
+    // The host hangs up: the guest is told, then resets.
+    drop(host);
+    h.give_rx();
+    h.pump();
+    let pkts = h.take_rx();
+    assert!(pkts.iter().any(|(h, _)| h.op == OP_SHUTDOWN));
+    h.send(guest_hdr(OP_RST, 1024, host_port, 0), &[]);
+    assert_eq!(h.dev.muxer().connection_count(), 0);
+    let _ = std::fs::remove_file(p);
+}
+
+#[test]
+fn guest_initiated_goes_to_port_socket() {
+    let m = mem();
+    let p = sock_path("guest");
+    let port_path = PathBuf::from(format!("{}_5000", p.display()));
+    let _ = std::fs::remove_file(&port_path);
+    let listener = UnixListener::bind(&port_path).unwrap();
+    let mut h = Harness::new(&m, &p);
+    h.give_rx();
+    h.give_rx();
+    h.send(guest_hdr(OP_REQUEST, 777, 5000, 0), &[]);
+    let pkts = h.take_rx();
+    assert_eq!(pkts[0].0.op, OP_RESPONSE);
+    assert_eq!((pkts[0].0.src_port, pkts[0].0.dst_port), (5000, 777));
+    let (mut s, _) = listener.accept().unwrap();
+    h.send(guest_hdr(OP_RW, 777, 5000, 3), b"abc");
+    let mut got = [0u8; 3];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"abc");
+    // Nobody listens on port 6000: the guest gets a reset.
+    h.send(guest_hdr(OP_REQUEST, 778, 6000, 0), &[]);
+    let pkts = h.take_rx();
+    assert_eq!(pkts[0].0.op, OP_RST);
+    let _ = std::fs::remove_file(port_path);
+    let _ = std::fs::remove_file(p);
+}
+
+#[test]
+fn bad_connect_lines_are_dropped() {
+    let m = mem();
+    let p = sock_path("badline");
+    let mut h = Harness::new(&m, &p);
+    h.give_rx();
+    let mut a = UnixStream::connect(&p).unwrap();
+    a.write_all(b"HELLO 1\n").unwrap();
+    let mut b = UnixStream::connect(&p).unwrap();
+    b.write_all(&[b'x'; 100]).unwrap();
+    h.dev
+        .process_event(TOKEN_LISTENER, EventSet::IN, &mut h.reg);
+    h.pump();
+    assert!(h.take_rx().is_empty());
+    assert_eq!(h.dev.muxer().connection_count(), 0);
+    let mut buf = [0u8; 1];
+    assert_eq!(a.read(&mut buf).unwrap(), 0);
+    let _ = std::fs::remove_file(p);
+}
+
+#[test]
+fn malformed_tx_chains_are_consumed_without_effect() {
+    let m = mem();
+    let p = sock_path("malformed");
+    let mut h = Harness::new(&m, &p);
+    h.give_rx();
+    // Header shorter than 44 bytes.
+    h.send_raw(&[desc(TX_BUFS, 10, 0, 0)]);
+    // Header outside guest memory.
+    h.send_raw(&[desc(1 << 40, HDR_LEN as u32, 0, 0)]);
+    // Huge declared length with a small chain.
+    let big = guest_hdr(OP_RW, 1, 2, u32::MAX);
+    m.write_slice(&big.to_bytes(), GuestAddress(TX_BUFS))
+        .unwrap();
+    h.send_raw(&[desc(TX_BUFS, HDR_LEN as u32, 0, 0)]);
+    // Huge descriptor length.
+    h.send_raw(&[desc(TX_BUFS, u32::MAX, 0, 0)]);
+    // Wrong source CID.
+    let spoof = Header {
+        src_cid: 99,
+        ..guest_hdr(OP_REQUEST, 1, 2, 0)
+    };
+    m.write_slice(&spoof.to_bytes(), GuestAddress(TX_BUFS))
+        .unwrap();
+    h.send_raw(&[desc(TX_BUFS, HDR_LEN as u32, 0, 0)]);
+    // Writable-only chain on the TX queue.
+    h.send_raw(&[desc(TX_BUFS, 64, F_WRITE, 0)]);
+    assert_eq!(used(&h.txq).len(), 6);
+    assert_eq!(h.dev.muxer().connection_count(), 0);
+    // A packet for a connection that does not exist gets a reset.
+    h.send(guest_hdr(OP_RW, 1, 2, 1), b"x");
+    assert_eq!(h.take_rx()[0].0.op, OP_RST);
+    let _ = std::fs::remove_file(p);
+}
+
+#[test]
+fn tiny_rx_buffers_are_consumed_not_spun_on() {
+    let m = mem();
+    let p = sock_path("tinyrx");
+    let mut h = Harness::new(&m, &p);
+    h.rxq
+        .add_desc_chains(&[desc(RX_BUFS, 8, F_WRITE, 0)], 0)
+        .unwrap();
+    h.send(guest_hdr(OP_RW, 1, 2, 0), &[]);
+    assert_eq!(used(&h.rxq), vec![(0, 0)]);
+    let _ = std::fs::remove_file(p);
+}

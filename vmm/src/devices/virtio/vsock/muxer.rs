@@ -1,0 +1,415 @@
+//! The host side of vsock: the listening Unix socket for host-initiated connections, the
+//! live connections keyed by (host port, guest port), and the queue of connections that
+//! have something for the guest. Runs on the event-loop thread only.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{ErrorKind, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use vmm_sys_util::epoll::EventSet;
+
+use super::connection::{ConnState, Connection};
+use super::packet::{
+    Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
+    OP_SHUTDOWN, TYPE_STREAM,
+};
+use super::{VsockError, HOST_CID, MAX_CONNECTIONS, MAX_PENDING_RSTS};
+use crate::devices::virtio::EventRegistry;
+
+/// Event token of the listening socket; connection tokens start above it.
+pub const TOKEN_LISTENER: u32 = 0;
+/// Longest `CONNECT <port>\n` line accepted.
+const CONNECT_LINE_MAX: usize = 32;
+/// Host ports handed out to host-initiated connections start here.
+const HOST_PORT_BASE: u32 = 1 << 30;
+
+type Key = (u32, u32);
+
+enum Target {
+    /// A host connection that has not finished its CONNECT line.
+    Handshake,
+    Conn(Key),
+}
+
+struct Handshake {
+    stream: UnixStream,
+    line: Vec<u8>,
+}
+
+pub struct Muxer {
+    path: PathBuf,
+    guest_cid: u64,
+    listener: UnixListener,
+    conns: HashMap<Key, Connection>,
+    handshakes: HashMap<u32, Handshake>,
+    tokens: HashMap<u32, Target>,
+    conn_tokens: HashMap<Key, u32>,
+    /// Current epoll interest per token; `None` once detached from epoll (the host hung up:
+    /// EPOLLHUP cannot be masked and would spin the loop).
+    interest: HashMap<u32, Option<EventSet>>,
+    hung_up: HashSet<Key>,
+    rx_ready: VecDeque<Key>,
+    rx_set: HashSet<Key>,
+    rsts: VecDeque<Header>,
+    next_token: u32,
+    next_host_port: u32,
+}
+
+impl std::fmt::Debug for Muxer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Muxer")
+            .field("path", &self.path)
+            .field("conns", &self.conns.len())
+            .finish()
+    }
+}
+
+impl Muxer {
+    /// Binds the host socket at `path` (replacing a stale one).
+    pub fn new(path: &Path, guest_cid: u64) -> Result<Muxer, VsockError> {
+        let bind = |err| VsockError::Bind {
+            path: path.into(),
+            err,
+        };
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(bind(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(bind)?;
+        listener.set_nonblocking(true).map_err(bind)?;
+        Ok(Muxer {
+            path: path.into(),
+            guest_cid,
+            listener,
+            conns: HashMap::new(),
+            handshakes: HashMap::new(),
+            tokens: HashMap::new(),
+            conn_tokens: HashMap::new(),
+            interest: HashMap::new(),
+            hung_up: HashSet::new(),
+            rx_ready: VecDeque::new(),
+            rx_set: HashSet::new(),
+            rsts: VecDeque::new(),
+            next_token: TOKEN_LISTENER + 1,
+            next_host_port: HOST_PORT_BASE,
+        })
+    }
+
+    pub fn init_events(&mut self, reg: &mut dyn EventRegistry) {
+        reg.add(self.listener.as_raw_fd(), TOKEN_LISTENER, EventSet::IN);
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len() + self.handshakes.len()
+    }
+
+    /// Whether a packet may be waiting for the guest.
+    pub fn has_rx(&self) -> bool {
+        !self.rsts.is_empty() || !self.rx_ready.is_empty()
+    }
+
+    fn alloc_token(&mut self) -> u32 {
+        loop {
+            let t = self.next_token;
+            self.next_token = self.next_token.wrapping_add(1) % super::super::QUEUE_TOKEN_BASE;
+            if t != TOKEN_LISTENER && !self.tokens.contains_key(&t) {
+                return t;
+            }
+        }
+    }
+
+    fn alloc_host_port(&mut self, guest_port: u32) -> u32 {
+        loop {
+            let p = self.next_host_port;
+            self.next_host_port = self.next_host_port.wrapping_add(1).max(HOST_PORT_BASE);
+            if !self.conns.contains_key(&(p, guest_port)) {
+                return p;
+            }
+        }
+    }
+
+    fn mark_rx(&mut self, key: Key) {
+        if self.rx_set.insert(key) {
+            self.rx_ready.push_back(key);
+        }
+    }
+
+    fn reset_for(&mut self, h: &Header) {
+        if h.op == OP_RST || self.rsts.len() >= MAX_PENDING_RSTS {
+            return;
+        }
+        self.rsts.push_back(Header {
+            src_cid: HOST_CID,
+            dst_cid: self.guest_cid,
+            src_port: h.dst_port,
+            dst_port: h.src_port,
+            len: 0,
+            type_: TYPE_STREAM,
+            op: OP_RST,
+            flags: 0,
+            buf_alloc: 0,
+            fwd_cnt: 0,
+        });
+    }
+
+    /// Re-arms a connection's epoll interest: IN while it has not seen its socket readable,
+    /// OUT while guest bytes wait for the host.
+    fn rearm(&mut self, key: Key, reg: &mut dyn EventRegistry) {
+        let (Some(conn), Some(&token)) = (self.conns.get(&key), self.conn_tokens.get(&key)) else {
+            return;
+        };
+        let fd = conn.stream().as_raw_fd();
+        if conn.state == ConnState::LocalClosed || self.hung_up.contains(&key) {
+            if self.interest.get(&token) != Some(&None) {
+                reg.remove(fd);
+                self.interest.insert(token, None);
+            }
+            return;
+        }
+        let mut want = EventSet::empty();
+        if !conn.host_readable {
+            want |= EventSet::IN;
+        }
+        if conn.has_buffered() {
+            want |= EventSet::OUT;
+        }
+        if self.interest.get(&token) != Some(&Some(want)) {
+            reg.modify(fd, token, want);
+            self.interest.insert(token, Some(want));
+        }
+    }
+
+    fn add_conn(&mut self, conn: Connection, reg: &mut dyn EventRegistry) {
+        let key = (conn.host_port, conn.guest_port);
+        let token = self.alloc_token();
+        let want = if conn.host_readable {
+            EventSet::empty()
+        } else {
+            EventSet::IN
+        };
+        reg.add(conn.stream().as_raw_fd(), token, want);
+        self.interest.insert(token, Some(want));
+        self.tokens.insert(token, Target::Conn(key));
+        self.conn_tokens.insert(key, token);
+        self.conns.insert(key, conn);
+        self.mark_rx(key);
+    }
+
+    fn remove_conn(&mut self, key: Key, reg: &mut dyn EventRegistry) {
+        if let Some(conn) = self.conns.remove(&key) {
+            let token = self.conn_tokens.get(&key).copied();
+            if token.and_then(|t| self.interest.get(&t)) != Some(&None) {
+                reg.remove(conn.stream().as_raw_fd());
+            }
+        }
+        self.hung_up.remove(&key);
+        if let Some(t) = self.conn_tokens.remove(&key) {
+            self.tokens.remove(&t);
+            self.interest.remove(&t);
+        }
+        self.rx_set.remove(&key);
+    }
+
+    /// A packet from the guest (already validated against the guest CID and lengths).
+    pub fn from_guest(&mut self, h: &Header, payload: &[u8], reg: &mut dyn EventRegistry) {
+        let key = (h.dst_port, h.src_port);
+        if h.op == OP_REQUEST {
+            if self.conns.contains_key(&key) || self.connection_count() >= MAX_CONNECTIONS {
+                self.reset_for(h);
+                return;
+            }
+            let target = format!("{}_{}", self.path.display(), h.dst_port);
+            match UnixStream::connect(&target).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
+                Ok(stream) => {
+                    let conn = Connection::guest_initiated(stream, h, self.guest_cid);
+                    self.add_conn(conn, reg);
+                }
+                Err(_) => self.reset_for(h),
+            }
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            self.reset_for(h);
+            return;
+        };
+        conn.update_peer_credit(h);
+        let mut kill = false;
+        match (h.op, conn.state) {
+            (OP_RST, _) => {
+                self.remove_conn(key, reg);
+                return;
+            }
+            (OP_RESPONSE, ConnState::LocalInit) => kill = conn.accept_response().is_err(),
+            (OP_RW, ConnState::Established) => kill = conn.from_guest(payload).is_err(),
+            // The host is gone: guest data has nowhere to go.
+            (OP_RW, ConnState::LocalClosed) => {}
+            (OP_SHUTDOWN, _) => conn.peer_shutdown(h.flags),
+            (OP_CREDIT_UPDATE, _) => {}
+            (OP_CREDIT_REQUEST, _) => conn.pending.credit_update = true,
+            _ => kill = true,
+        }
+        if kill {
+            conn.pending.rst = true;
+        }
+        if conn.wants_rx() {
+            self.mark_rx(key);
+        }
+        self.rearm(key, reg);
+    }
+
+    /// The next packet for the guest, payload read into `buf`.
+    pub fn next_rx(
+        &mut self,
+        buf: &mut [u8],
+        reg: &mut dyn EventRegistry,
+    ) -> Option<(Header, usize)> {
+        if let Some(h) = self.rsts.pop_front() {
+            return Some((h, 0));
+        }
+        while let Some(key) = self.rx_ready.pop_front() {
+            self.rx_set.remove(&key);
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            let pkt = conn.next_packet(buf);
+            let more = conn.wants_rx();
+            match pkt {
+                Some((h, n)) if h.op == OP_RST => {
+                    self.remove_conn(key, reg);
+                    return Some((h, n));
+                }
+                Some(p) => {
+                    if more {
+                        self.mark_rx(key);
+                    }
+                    self.rearm(key, reg);
+                    return Some(p);
+                }
+                None => self.rearm(key, reg),
+            }
+        }
+        None
+    }
+
+    /// A host socket (or the listener) is ready.
+    pub fn process_event(&mut self, token: u32, events: EventSet, reg: &mut dyn EventRegistry) {
+        if token == TOKEN_LISTENER {
+            self.accept(reg);
+            return;
+        }
+        match self.tokens.get(&token) {
+            Some(Target::Handshake) => self.handshake(token, reg),
+            Some(Target::Conn(key)) => {
+                let key = *key;
+                self.conn_event(key, events, reg);
+            }
+            None => {}
+        }
+    }
+
+    fn accept(&mut self, reg: &mut dyn EventRegistry) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.connection_count() >= MAX_CONNECTIONS
+                        || stream.set_nonblocking(true).is_err()
+                    {
+                        continue;
+                    }
+                    let token = self.alloc_token();
+                    reg.add(stream.as_raw_fd(), token, EventSet::IN);
+                    self.tokens.insert(token, Target::Handshake);
+                    self.handshakes.insert(
+                        token,
+                        Handshake {
+                            stream,
+                            line: Vec::with_capacity(CONNECT_LINE_MAX),
+                        },
+                    );
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reads the `CONNECT <port>\n` line one byte at a time, so no payload is consumed.
+    fn handshake(&mut self, token: u32, reg: &mut dyn EventRegistry) {
+        let Some(hs) = self.handshakes.get_mut(&token) else {
+            return;
+        };
+        let mut byte = [0u8; 1];
+        let outcome = loop {
+            match hs.stream.read(&mut byte) {
+                Ok(0) => break Err(()),
+                Ok(_) if byte[0] == b'\n' => break parse_connect(&hs.line).ok_or(()).map(Some),
+                Ok(_) if hs.line.len() >= CONNECT_LINE_MAX => break Err(()),
+                Ok(_) => hs.line.push(byte[0]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break Ok(None),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => break Err(()),
+            }
+        };
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(guest_port)) => {
+                let Some(hs) = self.handshakes.remove(&token) else {
+                    return;
+                };
+                reg.remove(hs.stream.as_raw_fd());
+                self.tokens.remove(&token);
+                let host_port = self.alloc_host_port(guest_port);
+                let conn =
+                    Connection::host_initiated(hs.stream, host_port, guest_port, self.guest_cid);
+                self.add_conn(conn, reg);
+            }
+            Err(()) => {
+                if let Some(hs) = self.handshakes.remove(&token) {
+                    reg.remove(hs.stream.as_raw_fd());
+                }
+                self.tokens.remove(&token);
+            }
+        }
+    }
+
+    fn conn_event(&mut self, key: Key, events: EventSet, reg: &mut dyn EventRegistry) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if events
+            .intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
+            && conn.state != ConnState::LocalClosed
+        {
+            conn.host_readable = true;
+        }
+        if events.contains(EventSet::OUT) || conn.has_buffered() {
+            match conn.flush_to_host() {
+                Ok(true) if conn.state == ConnState::PeerClosing => conn.pending.rst = true,
+                Ok(_) => {}
+                Err(_) => conn.pending.rst = true,
+            }
+        }
+        if events.intersects(EventSet::HANG_UP | EventSet::ERROR) {
+            // EOF is read (and reported to the guest) when RX buffers allow.
+            self.hung_up.insert(key);
+        }
+        if conn.wants_rx() {
+            self.mark_rx(key);
+        }
+        self.rearm(key, reg);
+    }
+}
+
+/// Parses `CONNECT <port>` (the newline already stripped).
+pub fn parse_connect(line: &[u8]) -> Option<u32> {
+    let s = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
+    let port = s.strip_prefix("CONNECT ")?;
+    port.trim().parse().ok()
+}
+
+#[cfg(test)]
+#[path = "muxer_tests.rs"]
+mod tests;
