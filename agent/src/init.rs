@@ -20,6 +20,142 @@ pub fn announce(out: &mut dyn Write, pid: u32) -> std::io::Result<()> {
     out.flush()
 }
 
+/// Errors of the guest init.
+#[derive(Debug, thiserror::Error)]
+#[error("init {step} {path}: {source}")]
+pub struct InitError {
+    /// The step.
+    pub step: &'static str,
+    /// The path involved.
+    pub path: String,
+    /// The error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The guest's base mounts: (source, target, fstype, flags, data).
+pub const BASE_MOUNTS: &[(&str, &str, &str, u64, &str)] = &[
+    ("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, ""),
+    ("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, ""),
+    ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
+    (
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+    ),
+    ("shm", "/dev/shm", "tmpfs", NOSUID_NODEV, "mode=1777"),
+    (
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        NOSUID_NODEV_NOEXEC,
+        "",
+    ),
+    ("tmpfs", "/run", "tmpfs", NOSUID_NODEV, "mode=0755"),
+];
+const NOSUID_NODEV: u64 = libc::MS_NOSUID | libc::MS_NODEV;
+const NOSUID_NODEV_NOEXEC: u64 = NOSUID_NODEV | libc::MS_NOEXEC;
+
+/// Mounts the base file systems (an existing mount is left alone).
+pub fn mount_base() -> Result<(), InitError> {
+    use nix::mount::MsFlags;
+    for (src, target, fstype, flags, data) in BASE_MOUNTS {
+        let _ = std::fs::create_dir_all(target);
+        let data = (!data.is_empty()).then_some(*data);
+        match nix::mount::mount(
+            Some(*src),
+            *target,
+            Some(*fstype),
+            MsFlags::from_bits_truncate(*flags),
+            data,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
+            Err(e) => {
+                return Err(InitError {
+                    step: "mount",
+                    path: target.to_string(),
+                    source: e.into(),
+                })
+            }
+        }
+    }
+    let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
+    Ok(())
+}
+
+/// Brings the loopback interface up.
+pub fn loopback_up() -> Result<(), InitError> {
+    let err = |e: std::io::Error| InitError {
+        step: "loopback",
+        path: "lo".into(),
+        source: e,
+    };
+    // SAFETY: plain socket creation; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just created and is owned only here.
+    let sock = unsafe { crate::engine::syscall_own_fd(fd) };
+    // SAFETY: ifreq is plain data; zeroed is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `ifr`, which lives across the calls.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// PID 1: base mounts, cgroup controllers for children, loopback, then the agent API on
+/// vsock. Never returns; a fatal error is printed and the VM is halted.
+pub fn run_as_pid1() -> ! {
+    let mut out = std::io::stdout();
+    type Step<'a> = (&'a str, &'a dyn Fn() -> Result<(), String>);
+    let steps: [Step; 3] = [
+        ("mounts", &|| mount_base().map_err(|e| e.to_string())),
+        ("cgroups", &|| {
+            crate::engine::cgroups::enable_all_controllers(std::path::Path::new(
+                crate::engine::cgroups::CGROUP_ROOT,
+            ))
+            .map_err(|e| e.to_string())
+        }),
+        ("loopback", &|| loopback_up().map_err(|e| e.to_string())),
+    ];
+    for (name, f) in steps {
+        if let Err(e) = f() {
+            let _ = writeln!(out, "husk-agent: init {name}: {e}");
+        }
+    }
+    let addr = format!("vsock://-1:{}", husk_protocol::AGENT_VSOCK_PORT);
+    let _ = writeln!(out, "husk-agent: serving on {addr}");
+    let _ = out.flush();
+    if let Err(e) = crate::server::serve(&addr, std::path::Path::new("/run/husk-agent")) {
+        let _ = writeln!(out, "husk-agent: fatal: {e}; halting");
+    }
+    // PID 1 must not exit (the kernel would panic): halt the VM with a clear message.
+    let _ = out.flush();
+    // SAFETY: sync + reboot(POWER_OFF) end the VM; no memory is involved.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,4 +2,6 @@
 //!
 //! See ARCHITECTURE.md at the repository root.
 
+pub mod engine;
 pub mod init;
+pub mod server;

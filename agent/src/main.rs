@@ -1,21 +1,178 @@
-use anyhow::Result;
-use clap::Parser;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use husk_agent::engine::container::{self, CreateOpts};
 
 /// husk's in-guest init and container engine.
 #[derive(Parser)]
 #[command(name = "husk-agent", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the engine like runc (for host tests and comparisons).
+    Oci(Oci),
+    /// Serve the agent API on a Unix socket (host tests) or vsock (`vsock://-1:1024`).
+    Serve {
+        /// `unix:///path` or `vsock://cid:port`.
+        #[arg(long, default_value = "unix:///run/husk-agent.sock")]
+        address: String,
+        /// State root for containers.
+        #[arg(long, default_value = "/run/husk-agent")]
+        root: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct Oci {
+    /// State root directory.
+    #[arg(long, default_value = "/run/husk")]
+    root: PathBuf,
+    /// Accepted for runc compatibility; ignored.
+    #[arg(long, hide = true)]
+    log: Option<String>,
+    /// Accepted for runc compatibility; ignored.
+    #[arg(long, hide = true)]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    op: Op,
+}
+
+#[derive(Args, Clone)]
+struct CreateArgs {
+    /// Bundle directory.
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    /// Write the init process's pid here.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Unix socket receiving the pty master when process.terminal is set.
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Pass fds 3..3+N to the container.
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: i32,
+    /// Use chroot instead of pivot_root.
+    #[arg(long)]
+    no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long)]
+    no_new_keyring: bool,
+    /// Container id.
+    id: String,
+}
+
+#[derive(Subcommand)]
+enum Op {
+    /// Create a container (init waits for `start`).
+    Create(CreateArgs),
+    /// Start a created container.
+    Start { id: String },
+    /// Print the container's state as JSON.
+    State { id: String },
+    /// Send a signal (default SIGTERM) to the container.
+    Kill {
+        /// Signal all processes of the container.
+        #[arg(short, long)]
+        all: bool,
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Delete a stopped container.
+    Delete {
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// Create, start and wait; exit with the container's status.
+    Run {
+        #[command(flatten)]
+        c: CreateArgs,
+        /// Accepted for runc compatibility: detach after start.
+        #[arg(short, long)]
+        detach: bool,
+    },
+}
+
+fn opts(root: PathBuf, c: CreateArgs) -> CreateOpts {
+    CreateOpts {
+        root,
+        id: c.id,
+        bundle: c.bundle,
+        pid_file: c.pid_file,
+        console_socket: c.console_socket,
+        preserve_fds: c.preserve_fds,
+        no_pivot: c.no_pivot,
+    }
+}
+
+fn oci(o: Oci) -> Result<i32> {
+    Ok(match o.op {
+        Op::Create(c) => {
+            container::create(&opts(o.root, c))?;
+            0
+        }
+        Op::Start { id } => {
+            container::start(&o.root, &id)?;
+            0
+        }
+        Op::State { id } => {
+            let (st, _) = container::load(&o.root, &id)?;
+            let mut v = serde_json::to_value(&st)?;
+            if let Some(m) = v.as_object_mut() {
+                m.remove("initStartTime");
+                m.remove("cgroup");
+            }
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            0
+        }
+        Op::Kill { all, id, signal } => {
+            let sig = husk_agent::engine::parse_signal(&signal)
+                .with_context(|| format!("unknown signal {signal}"))?;
+            container::kill(&o.root, &id, sig, all)?;
+            0
+        }
+        Op::Delete { force, id } => {
+            container::delete(&o.root, &id, force)?;
+            0
+        }
+        Op::Run { c, detach } => {
+            let opts = opts(o.root, c);
+            if detach {
+                container::create(&opts)?;
+                container::start(&opts.root, &opts.id)?;
+                0
+            } else {
+                container::run(&opts)?
+            }
+        }
+    })
+}
 
 fn main() -> Result<()> {
     let pid = std::process::id();
     if pid == 1 {
         husk_agent::init::announce(&mut std::io::stdout(), pid)?;
-        // PID 1 must never exit: the kernel would panic. Until the agent serves its API,
-        // it parks here.
-        loop {
-            std::thread::park();
+        husk_agent::init::run_as_pid1();
+    }
+    let cli = Cli::parse();
+    match cli.cmd {
+        Some(Cmd::Oci(o)) => match oci(o) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("husk-agent: {e:#}");
+                std::process::exit(1)
+            }
+        },
+        Some(Cmd::Serve { address, root }) => husk_agent::server::serve(&address, &root)?,
+        None => {
+            println!("husk-agent {}: see --help", env!("CARGO_PKG_VERSION"));
         }
     }
-    let _ = Cli::parse();
     Ok(())
 }
