@@ -1,13 +1,13 @@
-use anyhow::Result;
-use clap::Parser;
+//! containerd-shim-husk-v2: containerd starts it as `start`, `delete`, or the server.
 
-/// containerd shim v2 for husk (runtime type io.containerd.husk.v2).
-#[derive(Parser)]
-#[command(name = "containerd-shim-husk-v2", version)]
-struct Cli {}
-
-fn main() -> Result<()> {
-    let _ = Cli::parse();
-    println!("{}", husk_shim::RUNTIME_TYPE);
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    if let Err(e) = rt.block_on(husk_shim::server::run()) {
+        eprintln!("{}: {e}", husk_shim::RUNTIME_TYPE);
+        std::process::exit(1);
+    }
     Ok(())
 }

@@ -1,0 +1,247 @@
+//! `/etc/husk/config.toml`: where the kernel, rootfs and helpers are, and VM defaults.
+//! Every key has a default, so a missing file means "all defaults"; a malformed file is
+//! an error that names the file and the key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the config is read from unless `HUSK_CONFIG` names another file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/husk/config.toml";
+/// The environment variable that overrides [`DEFAULT_CONFIG_PATH`].
+pub const CONFIG_ENV: &str = "HUSK_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {err}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("parsing {path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("{path}: {key} {why}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        why: String,
+    },
+}
+
+/// Log levels the shim accepts (containerd's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// The shim's configuration. Field names are the TOML keys.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Guest kernel (ELF vmlinux or bzImage).
+    pub kernel: PathBuf,
+    /// Guest initramfs whose `/init` is husk-agent.
+    pub rootfs: PathBuf,
+    /// The husk-vmm binary.
+    pub vmm: PathBuf,
+    /// The virtiofsd binary (one per pod shares the containers' rootfs and volumes).
+    pub virtiofsd: PathBuf,
+    /// vCPUs of a pod whose spec sets no CPU quota.
+    pub default_vcpus: u32,
+    /// Largest VM the shim will ask for, whatever the limits say.
+    pub max_vcpus: u32,
+    /// Guest memory of a pod whose spec sets no memory limit, MiB.
+    pub default_memory_mib: u64,
+    /// Added to a pod's memory limit for the guest kernel and agent, MiB.
+    pub memory_overhead_mib: u64,
+    /// Extra kernel command-line words.
+    pub kernel_params: String,
+    /// The shim's log level (containerd's `-debug` still raises it to debug).
+    pub log_level: LogLevel,
+    /// Keep the guest console in `<state dir>/console.log` instead of discarding it.
+    pub debug_console: bool,
+    /// How long a VM may take to boot until its agent answers, seconds.
+    pub boot_timeout_secs: u64,
+    /// Where per-pod state lives (sockets, shared directory, state file).
+    pub state_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kernel: "/usr/local/share/husk/vmlinux".into(),
+            rootfs: "/usr/local/share/husk/rootfs.cpio".into(),
+            vmm: "/usr/local/bin/husk-vmm".into(),
+            virtiofsd: "/usr/local/libexec/virtiofsd".into(),
+            default_vcpus: 1,
+            max_vcpus: 8,
+            default_memory_mib: 256,
+            memory_overhead_mib: 64,
+            kernel_params: String::new(),
+            log_level: LogLevel::Info,
+            debug_console: false,
+            boot_timeout_secs: 30,
+            state_dir: "/run/husk".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            msg: e.message().to_string(),
+        })?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    /// Reads `path`; a missing file gives the defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(err) => Err(ConfigError::Read {
+                path: path.into(),
+                err,
+            }),
+        }
+    }
+
+    /// Reads the file `HUSK_CONFIG` names, or `/etc/husk/config.toml`.
+    pub fn load_default() -> Result<Config, ConfigError> {
+        let path = std::env::var_os(CONFIG_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
+        Config::load(&path)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, why: &str| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            why: why.into(),
+        };
+        if self.default_vcpus == 0 {
+            return Err(invalid("default_vcpus", "must be at least 1"));
+        }
+        if self.max_vcpus < self.default_vcpus {
+            return Err(invalid("max_vcpus", "must be at least default_vcpus"));
+        }
+        if self.default_memory_mib < 64 {
+            return Err(invalid("default_memory_mib", "must be at least 64"));
+        }
+        if self.boot_timeout_secs == 0 {
+            return Err(invalid("boot_timeout_secs", "must be at least 1"));
+        }
+        for (key, p) in [
+            ("kernel", &self.kernel),
+            ("rootfs", &self.rootfs),
+            ("vmm", &self.vmm),
+            ("virtiofsd", &self.virtiofsd),
+            ("state_dir", &self.state_dir),
+        ] {
+            if !p.is_absolute() {
+                return Err(invalid(key, "must be an absolute path"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("/etc/husk/config.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn every_key() {
+        let c = parse(
+            r#"
+            kernel = "/k"
+            rootfs = "/r.cpio"
+            vmm = "/bin/vmm"
+            virtiofsd = "/bin/vfsd"
+            default_vcpus = 2
+            max_vcpus = 4
+            default_memory_mib = 512
+            memory_overhead_mib = 32
+            kernel_params = "quiet"
+            log_level = "debug"
+            debug_console = true
+            boot_timeout_secs = 5
+            state_dir = "/tmp/husk"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.kernel, PathBuf::from("/k"));
+        assert_eq!(c.vmm, PathBuf::from("/bin/vmm"));
+        assert_eq!(c.default_vcpus, 2);
+        assert_eq!(c.default_memory_mib, 512);
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert!(c.debug_console);
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/husk"));
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let c = parse("default_memory_mib = 1024\n").unwrap();
+        assert_eq!(c.default_memory_mib, 1024);
+        assert_eq!(c.kernel, Config::default().kernel);
+    }
+
+    #[test]
+    fn malformed_files_are_clear_errors() {
+        let e = parse("kernel = ").unwrap_err().to_string();
+        assert!(e.starts_with("parsing /etc/husk/config.toml:"), "{e}");
+        let e = parse("kernal = \"/k\"").unwrap_err().to_string();
+        assert!(e.contains("unknown field `kernal`"), "{e}");
+        let e = parse("default_vcpus = \"two\"").unwrap_err().to_string();
+        assert!(e.contains("invalid type"), "{e}");
+        let e = parse("log_level = \"loud\"").unwrap_err().to_string();
+        assert!(e.contains("unknown variant"), "{e}");
+        let e = parse("default_vcpus = 0").unwrap_err().to_string();
+        assert_eq!(e, "/etc/husk/config.toml: default_vcpus must be at least 1");
+        let e = parse("kernel = \"vmlinux\"").unwrap_err().to_string();
+        assert!(e.contains("kernel must be an absolute path"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_defaults_and_unreadable_is_error() {
+        let c = Config::load(Path::new("/nonexistent/husk/config.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        let e = Config::load(Path::new("/proc/self/mem")).unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::Read { .. } | ConfigError::Parse { .. }
+        ));
+    }
+}

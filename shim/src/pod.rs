@@ -1,0 +1,190 @@
+//! Which pod a container belongs to, and how big that pod's VM is.
+//!
+//! One shim and one VM serve one pod. CRI marks the pod's sandbox (pause) container and
+//! its members with annotations; a container without them (`ctr run`) is a pod of one.
+
+use crate::config::Config;
+use crate::spec::BundleSpec;
+
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// containerd 1.7+ puts the pod's summed limits on the sandbox container.
+pub const SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+pub const SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
+pub const SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+
+/// A container's place in its pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodRole {
+    /// The CRI sandbox container: its create boots the pod's VM.
+    Sandbox { pod_id: String },
+    /// A CRI container that joins the VM of sandbox `pod_id`.
+    Member { pod_id: String },
+    /// A container with no CRI annotations: a one-container pod named after it.
+    Single { pod_id: String },
+}
+
+impl PodRole {
+    /// Classifies container `id` by its spec's annotations.
+    pub fn of(id: &str, spec: &BundleSpec) -> PodRole {
+        let a = spec.annotations();
+        let sandbox = a.get(SANDBOX_ID).filter(|s| !s.is_empty()).cloned();
+        match (a.get(CONTAINER_TYPE).map(String::as_str), sandbox) {
+            (Some("sandbox"), s) => PodRole::Sandbox {
+                pod_id: s.unwrap_or_else(|| id.to_string()),
+            },
+            (Some("container"), Some(pod_id)) => PodRole::Member { pod_id },
+            _ => PodRole::Single {
+                pod_id: id.to_string(),
+            },
+        }
+    }
+
+    pub fn pod_id(&self) -> &str {
+        match self {
+            PodRole::Sandbox { pod_id }
+            | PodRole::Member { pod_id }
+            | PodRole::Single { pod_id } => pod_id,
+        }
+    }
+
+    /// Whether creating this container boots the pod's VM.
+    pub fn boots_vm(&self) -> bool {
+        !matches!(self, PodRole::Member { .. })
+    }
+}
+
+/// The VM's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmSize {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+const MIB: u64 = 1 << 20;
+
+/// Sizes the pod's VM so the container sees its limits: vCPUs are the CPU quota over the
+/// period rounded up (default when unlimited, at most `max_vcpus`); memory is the limit
+/// plus the guest's own overhead (default when unlimited).
+pub fn vm_size(spec: &BundleSpec, cfg: &Config) -> VmSize {
+    let a = spec.annotations();
+    let ann = |k: &str| {
+        a.get(k)
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|v| *v > 0)
+    };
+    let quota_period = match (ann(SANDBOX_CPU_QUOTA), ann(SANDBOX_CPU_PERIOD)) {
+        (Some(q), Some(p)) => Some((q as u64, p as u64)),
+        _ => spec.cpu_quota_period(),
+    };
+    let vcpus = match quota_period {
+        Some((q, p)) => u32::try_from(q.div_ceil(p))
+            .unwrap_or(u32::MAX)
+            .clamp(1, cfg.max_vcpus.max(1)),
+        None => cfg.default_vcpus,
+    };
+    let limit = ann(SANDBOX_MEMORY)
+        .map(|m| m as u64)
+        .or_else(|| spec.memory_limit());
+    let memory_mib = match limit {
+        Some(bytes) => bytes.div_ceil(MIB).saturating_add(cfg.memory_overhead_mib),
+        None => cfg.default_memory_mib,
+    };
+    VmSize { vcpus, memory_mib }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> BundleSpec {
+        BundleSpec::from_slice(json.as_bytes(), "/b/config.json".into()).unwrap()
+    }
+
+    #[test]
+    fn roles() {
+        let s = spec("{}");
+        assert_eq!(
+            PodRole::of("c1", &s),
+            PodRole::Single {
+                pod_id: "c1".into()
+            }
+        );
+        let s = spec(
+            r#"{"annotations":{"io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-id":"p1"}}"#,
+        );
+        let r = PodRole::of("p1", &s);
+        assert_eq!(
+            r,
+            PodRole::Sandbox {
+                pod_id: "p1".into()
+            }
+        );
+        assert!(r.boots_vm());
+        let s = spec(
+            r#"{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-id":"p1"}}"#,
+        );
+        let r = PodRole::of("c2", &s);
+        assert_eq!(
+            r,
+            PodRole::Member {
+                pod_id: "p1".into()
+            }
+        );
+        assert!(!r.boots_vm());
+        assert_eq!(r.pod_id(), "p1");
+        // a member without a sandbox id cannot join anything: it is its own pod
+        let s = spec(r#"{"annotations":{"io.kubernetes.cri.container-type":"container"}}"#);
+        assert_eq!(
+            PodRole::of("c3", &s),
+            PodRole::Single {
+                pod_id: "c3".into()
+            }
+        );
+    }
+
+    #[test]
+    fn sizing() {
+        let cfg = Config::default();
+        assert_eq!(
+            vm_size(&spec("{}"), &cfg),
+            VmSize {
+                vcpus: 1,
+                memory_mib: 256
+            }
+        );
+        // --cpus 1.5 --memory-limit 512M
+        let s = spec(
+            r#"{"linux":{"resources":{"cpu":{"quota":150000,"period":100000},"memory":{"limit":536870912}}}}"#,
+        );
+        assert_eq!(
+            vm_size(&s, &cfg),
+            VmSize {
+                vcpus: 2,
+                memory_mib: 512 + 64
+            }
+        );
+        // huge quota is capped; an odd limit rounds up to whole MiB
+        let s = spec(
+            r#"{"linux":{"resources":{"cpu":{"quota":6400000,"period":100000},"memory":{"limit":1048577}}}}"#,
+        );
+        assert_eq!(
+            vm_size(&s, &cfg),
+            VmSize {
+                vcpus: 8,
+                memory_mib: 2 + 64
+            }
+        );
+        // CRI sandbox annotations win over the pause container's own (empty) limits
+        let s = spec(
+            r#"{"annotations":{"io.kubernetes.cri.sandbox-cpu-quota":"300000","io.kubernetes.cri.sandbox-cpu-period":"100000","io.kubernetes.cri.sandbox-memory":"268435456"}}"#,
+        );
+        assert_eq!(
+            vm_size(&s, &cfg),
+            VmSize {
+                vcpus: 3,
+                memory_mib: 256 + 64
+            }
+        );
+    }
+}

@@ -1,0 +1,599 @@
+//! The pod: its VM, its containers and their processes. The task service
+//! ([`crate::task`]) translates containerd's requests into calls on [`PodService`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{watch, Mutex};
+
+use crate::agent::{
+    AgentClient, AgentError, ContainerRequest, ContainerStats, ExecRequest, ProcessRef,
+    SandboxRequest, StdioFlags,
+};
+use crate::config::Config;
+use crate::error::{Result, ShimError};
+use crate::events::{Event, EventSink, StdioPaths};
+use crate::io::ProcessIo;
+use crate::pod::{vm_size, PodRole};
+use crate::process::{Op, Status, StatusCell};
+use crate::share::{RootfsMount, RootfsShare};
+use crate::spec::BundleSpec;
+use crate::vm::{VmLauncher, VmProcess, VmRequest};
+use crate::vmm::SHARED_FS_TAG;
+
+/// Exit status reported for processes that were running when their VM died.
+pub const VM_DIED_EXIT_STATUS: u32 = 255;
+/// How long an exit waits for the process's output to arrive.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(30);
+
+/// The seams the pod is built on.
+pub struct Deps {
+    pub launcher: Arc<dyn VmLauncher>,
+    pub events: Arc<dyn EventSink>,
+    pub share: Arc<dyn RootfsShare>,
+}
+
+/// containerd's Create, minus protobuf.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: Vec<RootfsMount>,
+    pub stdio: StdioPaths,
+}
+
+/// What State reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessState {
+    pub id: String,
+    pub exec_id: String,
+    pub bundle: String,
+    pub pid: u32,
+    pub status: Status,
+    pub stdio: StdioPaths,
+}
+
+struct Proc {
+    pref: ProcessRef,
+    stdio: StdioPaths,
+    status: Arc<StatusCell>,
+    io: Arc<Mutex<ProcessIo>>,
+    exec_spec: Vec<u8>,
+}
+
+impl Proc {
+    fn new(pref: ProcessRef, stdio: StdioPaths, exec_spec: Vec<u8>) -> Proc {
+        Proc {
+            pref,
+            stdio,
+            status: Arc::new(StatusCell::default()),
+            io: Arc::new(Mutex::new(ProcessIo::default())),
+            exec_spec,
+        }
+    }
+}
+
+struct Container {
+    bundle: PathBuf,
+    role: PodRole,
+    init: Proc,
+    execs: HashMap<String, Proc>,
+}
+
+enum VmState {
+    NotStarted,
+    Running {
+        process: Arc<dyn VmProcess>,
+        agent: Arc<dyn AgentClient>,
+    },
+    Dead {
+        reason: String,
+    },
+}
+
+struct PodState {
+    pod_id: Option<String>,
+    vm: VmState,
+    vm_pid: u32,
+    containers: HashMap<String, Container>,
+}
+
+impl PodState {
+    fn container(&self, id: &str) -> Result<&Container> {
+        self.containers
+            .get(id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {id}")))
+    }
+
+    fn process(&self, id: &str, exec_id: &str) -> Result<&Proc> {
+        let c = self.container(id)?;
+        if exec_id.is_empty() {
+            return Ok(&c.init);
+        }
+        c.execs
+            .get(exec_id)
+            .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id} in container {id}")))
+    }
+
+    fn agent(&self) -> Result<Arc<dyn AgentClient>> {
+        match &self.vm {
+            VmState::Running { agent, .. } => Ok(agent.clone()),
+            VmState::NotStarted => Err(ShimError::VmGone("not started".into())),
+            VmState::Dead { reason } => Err(ShimError::VmGone(reason.clone())),
+        }
+    }
+}
+
+/// One pod: the shim's whole state.
+pub struct PodService {
+    cfg: Config,
+    deps: Deps,
+    state: Mutex<PodState>,
+    exit: watch::Sender<bool>,
+}
+
+impl PodService {
+    pub fn new(cfg: Config, deps: Deps) -> Arc<PodService> {
+        Arc::new(PodService {
+            cfg,
+            deps,
+            state: Mutex::new(PodState {
+                pod_id: None,
+                vm: VmState::NotStarted,
+                vm_pid: 0,
+                containers: HashMap::new(),
+            }),
+            exit: watch::Sender::new(false),
+        })
+    }
+
+    /// Resolves when the shim should exit (Shutdown with no containers left).
+    pub async fn wait_exit(&self) {
+        let mut rx = self.exit.subscribe();
+        let _ = rx.wait_for(|e| *e).await;
+    }
+
+    fn pod_dir(&self, pod_id: &str) -> PathBuf {
+        self.cfg.state_dir.join(pod_id)
+    }
+
+    pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<u32> {
+        let mut spec = BundleSpec::load(&req.bundle)?;
+        let role = PodRole::of(&req.id, &spec);
+        let pod_id = role.pod_id().to_string();
+        let pod_dir = self.pod_dir(&pod_id);
+        // The lock is held across the boot: a member's create waits for its sandbox's.
+        let mut st = self.state.lock().await;
+        if st.containers.contains_key(&req.id) {
+            return Err(ShimError::AlreadyExists(format!("container {}", req.id)));
+        }
+        if let Some(serving) = &st.pod_id {
+            if *serving != pod_id {
+                return Err(ShimError::InvalidArgument(format!(
+                    "container {} belongs to pod {pod_id}, this shim serves pod {serving}",
+                    req.id
+                )));
+            }
+        }
+        if role.boots_vm() {
+            if !matches!(st.vm, VmState::NotStarted) {
+                return Err(ShimError::AlreadyExists(format!("vm of pod {pod_id}")));
+            }
+            let shared_dir = self.deps.share.prepare_pod(&pod_dir)?;
+            let vm_req = VmRequest {
+                pod_id: pod_id.clone(),
+                size: vm_size(&spec, &self.cfg),
+                pod_dir: pod_dir.clone(),
+                shared_dir,
+            };
+            let vm = match self.deps.launcher.launch(&vm_req).await {
+                Ok(vm) => vm,
+                Err(e) => {
+                    let _ = self.deps.share.cleanup_pod(&pod_dir);
+                    return Err(e);
+                }
+            };
+            let sandbox = SandboxRequest {
+                pod_id: pod_id.clone(),
+                hostname: String::new(),
+                shared_fs_tag: SHARED_FS_TAG.into(),
+            };
+            if let Err(e) = vm.agent.create_sandbox(sandbox).await {
+                vm.process.stop().await;
+                let _ = self.deps.share.cleanup_pod(&pod_dir);
+                return Err(e.into());
+            }
+            st.pod_id = Some(pod_id.clone());
+            st.vm_pid = vm.process.pid();
+            st.vm = VmState::Running {
+                process: vm.process.clone(),
+                agent: vm.agent.clone(),
+            };
+            self.watch_vm(vm.process, vm.agent);
+        }
+        let agent = st.agent()?;
+        self.deps
+            .share
+            .share(&pod_dir, &req.id, &req.bundle, &req.rootfs, &mut spec)?;
+        let stdio = flags(&req.stdio);
+        let creq = ContainerRequest {
+            container_id: req.id.clone(),
+            spec_json: spec.to_bytes(),
+            stdio,
+        };
+        if let Err(e) = agent.create_container(creq).await {
+            let _ = self.deps.share.unshare(&pod_dir, &req.id, &req.bundle);
+            if role.boots_vm() {
+                self.stop_vm(&mut st, "its first container failed").await;
+            }
+            return Err(e.into());
+        }
+        let pref = ProcessRef::init(&req.id);
+        let init = Proc::new(pref.clone(), req.stdio.clone(), Vec::new());
+        *init.io.lock().await = ProcessIo::start(agent, &pref, &req.stdio);
+        let pid = st.vm_pid;
+        st.containers.insert(
+            req.id.clone(),
+            Container {
+                bundle: req.bundle.clone(),
+                role,
+                init,
+                execs: HashMap::new(),
+            },
+        );
+        drop(st);
+        self.deps
+            .events
+            .publish(Event::Create {
+                container_id: req.id,
+                bundle: req.bundle.display().to_string(),
+                pid,
+                stdio: req.stdio,
+            })
+            .await;
+        Ok(pid)
+    }
+
+    /// Publishes the end of the VM to every live process, and OOM kills as they come.
+    fn watch_vm(self: &Arc<Self>, process: Arc<dyn VmProcess>, agent: Arc<dyn AgentClient>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let exit = process.exited().await;
+            let reason = format!("vmm {}", exit.description);
+            log::warn!("pod vm ended: {reason}");
+            let mut st = me.state.lock().await;
+            if let VmState::Running { .. } = st.vm {
+                st.vm = VmState::Dead { reason };
+            }
+            let pid = st.vm_pid;
+            let mut exits = Vec::new();
+            for (cid, c) in &st.containers {
+                for p in std::iter::once(&c.init).chain(c.execs.values()) {
+                    if p.status.exit(VM_DIED_EXIT_STATUS) {
+                        exits.push(exit_event(cid, &p.pref, pid, &p.status));
+                    }
+                }
+            }
+            drop(st);
+            for e in exits {
+                me.deps.events.publish(e).await;
+            }
+            // Reaps the helpers (virtiofsd) too.
+            process.stop().await;
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Ok(container_id) = agent.next_oom_event().await {
+                me.deps.events.publish(Event::Oom { container_id }).await;
+            }
+        });
+    }
+
+    async fn stop_vm(&self, st: &mut PodState, why: &str) {
+        if let VmState::Running { process, .. } = &st.vm {
+            process.stop().await;
+            st.vm = VmState::Dead { reason: why.into() };
+        }
+        if let Some(pod) = &st.pod_id {
+            let _ = self.deps.share.cleanup_pod(&self.pod_dir(pod));
+        }
+    }
+
+    pub async fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32> {
+        let st = self.state.lock().await;
+        let p = st.process(id, exec_id)?;
+        p.status.get().check(&p.pref, Op::Start)?;
+        let agent = st.agent()?;
+        let (pref, status, io) = (p.pref.clone(), p.status.clone(), p.io.clone());
+        let exec_req = (!exec_id.is_empty()).then(|| ExecRequest {
+            process: pref.clone(),
+            process_json: p.exec_spec.clone(),
+            stdio: flags(&p.stdio),
+        });
+        let stdio = p.stdio.clone();
+        let pid = st.vm_pid;
+        drop(st);
+        match exec_req {
+            None => {
+                agent.start_container(id).await?;
+            }
+            Some(req) => {
+                agent.exec_process(req).await?;
+                *io.lock().await = ProcessIo::start(agent.clone(), &pref, &stdio);
+            }
+        }
+        status.set(Status::Running);
+        let event = if exec_id.is_empty() {
+            Event::Start {
+                container_id: id.into(),
+                pid,
+            }
+        } else {
+            Event::ExecStarted {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+                pid,
+            }
+        };
+        self.deps.events.publish(event).await;
+        let events = self.deps.events.clone();
+        tokio::spawn(async move {
+            let code = agent
+                .wait_process(&pref)
+                .await
+                .unwrap_or(VM_DIED_EXIT_STATUS);
+            io.lock().await.drain(OUTPUT_DRAIN).await;
+            if status.exit(code) {
+                events
+                    .publish(exit_event(&pref.container_id, &pref, pid, &status))
+                    .await;
+            }
+        });
+        Ok(pid)
+    }
+
+    pub async fn state(&self, id: &str, exec_id: &str) -> Result<ProcessState> {
+        let st = self.state.lock().await;
+        let c = st.container(id)?;
+        let p = st.process(id, exec_id)?;
+        Ok(ProcessState {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            bundle: c.bundle.display().to_string(),
+            pid: st.vm_pid,
+            status: p.status.get(),
+            stdio: p.stdio.clone(),
+        })
+    }
+
+    pub async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let (agent, pref) = self.checked(id, exec_id, Op::Kill).await?;
+        agent.signal_process(&pref, signal, all).await?;
+        Ok(())
+    }
+
+    /// The agent and the process, once `op` is allowed on it.
+    async fn checked(
+        &self,
+        id: &str,
+        exec_id: &str,
+        op: Op,
+    ) -> Result<(Arc<dyn AgentClient>, ProcessRef)> {
+        let st = self.state.lock().await;
+        let p = st.process(id, exec_id)?;
+        p.status.get().check(&p.pref, op)?;
+        Ok((st.agent()?, p.pref.clone()))
+    }
+
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        stdio: StdioPaths,
+        spec_json: Vec<u8>,
+    ) -> Result<()> {
+        if exec_id.is_empty() {
+            return Err(ShimError::InvalidArgument("empty exec id".into()));
+        }
+        let mut st = self.state.lock().await;
+        let c = st.container(id)?;
+        c.init.status.get().check(&c.init.pref, Op::Exec)?;
+        if c.execs.contains_key(exec_id) {
+            return Err(ShimError::AlreadyExists(format!(
+                "exec {exec_id} in container {id}"
+            )));
+        }
+        let p = Proc::new(ProcessRef::exec(id, exec_id), stdio, spec_json);
+        if let Some(c) = st.containers.get_mut(id) {
+            c.execs.insert(exec_id.into(), p);
+        }
+        drop(st);
+        self.deps
+            .events
+            .publish(Event::ExecAdded {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+            })
+            .await;
+        Ok(())
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        let (agent, _) = self.checked(id, "", Op::Pause).await?;
+        agent.pause_container(id).await?;
+        self.set_status(id, Status::Paused).await;
+        self.deps
+            .events
+            .publish(Event::Paused {
+                container_id: id.into(),
+            })
+            .await;
+        Ok(())
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        let (agent, _) = self.checked(id, "", Op::Resume).await?;
+        agent.resume_container(id).await?;
+        self.set_status(id, Status::Running).await;
+        self.deps
+            .events
+            .publish(Event::Resumed {
+                container_id: id.into(),
+            })
+            .await;
+        Ok(())
+    }
+
+    async fn set_status(&self, id: &str, s: Status) {
+        if let Ok(c) = self.state.lock().await.container(id) {
+            c.init.status.set(s);
+        }
+    }
+
+    pub async fn pids(&self, id: &str) -> Result<Vec<u32>> {
+        let (agent, _) = self.checked(id, "", Op::Inspect).await?;
+        Ok(agent.list_processes(id).await?)
+    }
+
+    pub async fn stats(&self, id: &str) -> Result<ContainerStats> {
+        let (agent, _) = self.checked(id, "", Op::Inspect).await?;
+        Ok(agent.stats_container(id).await?)
+    }
+
+    pub async fn update(&self, id: &str, resources_json: &[u8]) -> Result<()> {
+        let (agent, _) = self.checked(id, "", Op::Update).await?;
+        Ok(agent.update_container(id, resources_json).await?)
+    }
+
+    pub async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let (agent, pref) = self.checked(id, exec_id, Op::ResizePty).await?;
+        Ok(agent.resize_tty(&pref, width, height).await?)
+    }
+
+    pub async fn close_io(&self, id: &str, exec_id: &str, stdin: bool) -> Result<()> {
+        let io = self.state.lock().await.process(id, exec_id)?.io.clone();
+        if stdin {
+            io.lock().await.close_stdin();
+        }
+        Ok(())
+    }
+
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<(u32, SystemTime)> {
+        let status = self.state.lock().await.process(id, exec_id)?.status.clone();
+        Ok(status.wait().await)
+    }
+
+    /// Deletes an exec or a container. Returns (pid, exit status, exit time).
+    pub async fn delete(&self, id: &str, exec_id: &str) -> Result<(u32, u32, SystemTime)> {
+        let mut st = self.state.lock().await;
+        let pid = st.vm_pid;
+        let p = st.process(id, exec_id)?;
+        let status = p.status.get();
+        status.check(&p.pref, Op::Delete)?;
+        let (exit_status, exited_at) = match status {
+            Status::Stopped {
+                exit_status,
+                exited_at,
+            } => (exit_status, exited_at),
+            _ => (0, SystemTime::now()),
+        };
+        if !exec_id.is_empty() {
+            if let Some(c) = st.containers.get_mut(id) {
+                c.execs.remove(exec_id);
+            }
+            return Ok((pid, exit_status, exited_at));
+        }
+        match st.agent() {
+            Ok(agent) => match agent.remove_container(id).await {
+                Ok(()) | Err(AgentError::Unavailable(_)) => {}
+                Err(e) => return Err(e.into()),
+            },
+            Err(ShimError::VmGone(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let Some(c) = st.containers.remove(id) else {
+            return Err(ShimError::NotFound(format!("container {id}")));
+        };
+        if let Some(pod) = st.pod_id.clone() {
+            if let Err(e) = self.deps.share.unshare(&self.pod_dir(&pod), id, &c.bundle) {
+                log::warn!("unsharing {id}: {e}");
+            }
+        }
+        if c.role.boots_vm() {
+            self.stop_vm(&mut st, "its sandbox was deleted").await;
+        }
+        drop(st);
+        self.deps
+            .events
+            .publish(Event::Delete {
+                container_id: id.into(),
+                pid,
+                exit_status,
+                exited_at,
+            })
+            .await;
+        Ok((pid, exit_status, exited_at))
+    }
+
+    /// containerd's Connect: (shim pid, task pid).
+    pub async fn connect(&self, id: &str) -> Result<(u32, u32)> {
+        let st = self.state.lock().await;
+        st.container(id)?;
+        Ok((std::process::id(), st.vm_pid))
+    }
+
+    /// Stops the VM now (the shim was told to go): every live process gets its TaskExit.
+    pub async fn force_stop(&self, why: &str) {
+        log::info!("{why}: stopping the pod");
+        let mut st = self.state.lock().await;
+        self.stop_vm(&mut st, why).await;
+        self.exit.send_replace(true);
+    }
+
+    /// containerd's Shutdown: the shim exits once no container is left.
+    pub async fn shutdown(&self) -> bool {
+        let mut st = self.state.lock().await;
+        if !st.containers.is_empty() {
+            return false;
+        }
+        self.stop_vm(&mut st, "shim shutdown").await;
+        self.exit.send_replace(true);
+        true
+    }
+}
+
+fn flags(s: &StdioPaths) -> StdioFlags {
+    StdioFlags {
+        stdin: !s.stdin.is_empty(),
+        stdout: !s.stdout.is_empty(),
+        stderr: !s.stderr.is_empty() && !s.terminal,
+        terminal: s.terminal,
+    }
+}
+
+fn exit_event(container_id: &str, pref: &ProcessRef, pid: u32, status: &StatusCell) -> Event {
+    let (exit_status, exited_at) = match status.get() {
+        Status::Stopped {
+            exit_status,
+            exited_at,
+        } => (exit_status, exited_at),
+        _ => (VM_DIED_EXIT_STATUS, SystemTime::now()),
+    };
+    Event::Exit {
+        container_id: container_id.into(),
+        id: if pref.exec_id.is_empty() {
+            container_id.into()
+        } else {
+            pref.exec_id.clone()
+        },
+        pid,
+        exit_status,
+        exited_at,
+    }
+}
+
+#[cfg(test)]
+#[path = "service_tests.rs"]
+mod tests;

@@ -1,0 +1,316 @@
+//! The real [`VmLauncher`]: one virtiofsd and one husk-vmm process per pod, then the
+//! agent over the vmm's vsock socket. A launch that fails part-way kills and reaps what it
+//! started.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+use tokio::sync::{watch, Mutex};
+
+use crate::agent::{AgentClient, AgentResult};
+use crate::config::Config;
+use crate::error::{Result, ShimError};
+use crate::vm::{RunningVm, VmExit, VmLauncher, VmProcess, VmRequest};
+use crate::vsock;
+
+/// The virtio-fs tag of the pod's shared directory.
+pub const SHARED_FS_TAG: &str = "husk-shared";
+/// The vsock port husk-agent listens on (`husk_protocol::AGENT_VSOCK_PORT`; kept here
+/// while that crate is being built so the shim does not depend on its work in progress).
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// The guest's vsock context id (one VM per vmm, so it is always the first free one).
+pub const GUEST_CID: u32 = 3;
+/// Kernel command line before the config's extra words.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule";
+/// Pid files in the pod directory, for `shim delete` after the shim was killed.
+pub const VMM_PID_FILE: &str = "vmm.pid";
+pub const VIRTIOFSD_PID_FILE: &str = "virtiofsd.pid";
+/// How long a stopped vmm gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Turns a connected vsock stream into an agent client (ttrpc over the stream).
+#[async_trait]
+pub trait AgentConnector: Send + Sync {
+    async fn connect(&self, stream: UnixStream) -> AgentResult<Arc<dyn AgentClient>>;
+}
+
+/// File names inside a pod's directory.
+pub fn vsock_socket(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("vsock.sock")
+}
+fn virtiofsd_socket(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("virtiofsd.sock")
+}
+
+/// The husk-vmm launcher.
+pub struct HuskVmm {
+    cfg: Config,
+    connector: Arc<dyn AgentConnector>,
+}
+
+impl HuskVmm {
+    pub fn new(cfg: Config, connector: Arc<dyn AgentConnector>) -> Self {
+        HuskVmm { cfg, connector }
+    }
+
+    /// husk-vmm's config file for this pod (its `VmConfig`, JSON).
+    pub fn vm_config(&self, req: &VmRequest) -> serde_json::Value {
+        let mut cmdline = BASE_CMDLINE.to_string();
+        if !self.cfg.debug_console {
+            cmdline.push_str(" quiet");
+        }
+        if !self.cfg.kernel_params.is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(&self.cfg.kernel_params);
+        }
+        let serial = if self.cfg.debug_console {
+            json!({ "file": req.pod_dir.join("console.log") })
+        } else {
+            json!("none")
+        };
+        json!({
+            "kernel": self.cfg.kernel,
+            "initrd": self.cfg.rootfs,
+            "cmdline": cmdline,
+            "vcpus": req.size.vcpus.min(u8::MAX as u32),
+            "mem_mib": req.size.memory_mib,
+            "serial": serial,
+            "vsock": { "guest_cid": GUEST_CID, "socket": vsock_socket(&req.pod_dir) },
+            "fs": [{ "tag": SHARED_FS_TAG, "socket": virtiofsd_socket(&req.pod_dir) }],
+        })
+    }
+
+    fn spawn(&self, program: &Path, args: &[String], log: &Path) -> Result<Child> {
+        let out =
+            std::fs::File::create(log).map_err(|e| ShimError::io(log.display().to_string(), e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| ShimError::io(log.display().to_string(), e))?;
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| ShimError::VmStart(format!("spawning {}: {e}", program.display())))
+    }
+
+    async fn boot(&self, req: &VmRequest, vm: &Arc<ChildVm>) -> Result<Arc<dyn AgentClient>> {
+        let deadline = Instant::now() + Duration::from_secs(self.cfg.boot_timeout_secs);
+        let socket = vsock_socket(&req.pod_dir);
+        let log = req.pod_dir.join("vmm.log");
+        loop {
+            if let Some(exit) = vm.has_exited() {
+                return Err(ShimError::VmStart(format!(
+                    "husk-vmm {}; its log ends: {}",
+                    exit.description,
+                    log_tail(&log)
+                )));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ShimError::VmStart(format!(
+                    "the agent did not answer within {} s; vmm log ends: {}",
+                    self.cfg.boot_timeout_secs,
+                    log_tail(&log)
+                )));
+            }
+            if let Ok(stream) = vsock::connect(&socket, AGENT_VSOCK_PORT, left).await {
+                let agent = self.connector.connect(stream).await?;
+                agent.health_check().await?;
+                return Ok(agent);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl VmLauncher for HuskVmm {
+    async fn launch(&self, req: &VmRequest) -> Result<RunningVm> {
+        let dir = &req.pod_dir;
+        std::fs::create_dir_all(dir).map_err(|e| ShimError::io(dir.display().to_string(), e))?;
+        let fs_sock = virtiofsd_socket(dir);
+        let _ = std::fs::remove_file(&fs_sock);
+        let _ = std::fs::remove_file(vsock_socket(dir));
+        let virtiofsd = self.spawn(
+            &self.cfg.virtiofsd,
+            &[
+                format!("--socket-path={}", fs_sock.display()),
+                format!("--shared-dir={}", req.shared_dir.display()),
+                "--cache=never".into(),
+                "--sandbox=namespace".into(),
+                "--announce-submounts".into(),
+            ],
+            &dir.join("virtiofsd.log"),
+        )?;
+        record_pid(&dir.join(VIRTIOFSD_PID_FILE), &virtiofsd);
+        let helper = Helper::new(virtiofsd);
+        // virtiofsd must listen before the vmm connects to it.
+        let deadline = Instant::now() + Duration::from_secs(self.cfg.boot_timeout_secs);
+        while !fs_sock.exists() {
+            if Instant::now() > deadline || helper.has_exited().await {
+                helper.stop().await;
+                return Err(ShimError::VmStart(format!(
+                    "virtiofsd did not create {}; its log ends: {}",
+                    fs_sock.display(),
+                    log_tail(&dir.join("virtiofsd.log"))
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let config_path = dir.join("vm.json");
+        let config = self.vm_config(req).to_string();
+        if let Err(e) = std::fs::write(&config_path, config) {
+            helper.stop().await;
+            return Err(ShimError::io(config_path.display().to_string(), e));
+        }
+        let args = [
+            "run".to_string(),
+            "--config".into(),
+            config_path.display().to_string(),
+        ];
+        let child = match self.spawn(&self.cfg.vmm, &args, &dir.join("vmm.log")) {
+            Ok(c) => c,
+            Err(e) => {
+                helper.stop().await;
+                return Err(e);
+            }
+        };
+        record_pid(&dir.join(VMM_PID_FILE), &child);
+        let vm = ChildVm::watch(child, vec![helper]);
+        match self.boot(req, &vm).await {
+            Ok(agent) => Ok(RunningVm { process: vm, agent }),
+            Err(e) => {
+                vm.stop().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn record_pid(path: &Path, child: &Child) {
+    if let Some(pid) = child.id() {
+        if let Err(e) = crate::pidfile::record(path, pid) {
+            log::warn!("writing {}: {e}", path.display());
+        }
+    }
+}
+
+/// The last line of a log file, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(empty)");
+    line.chars().take(300).collect()
+}
+
+/// A helper process (virtiofsd) that lives as long as the VM.
+struct Helper {
+    child: Mutex<Child>,
+}
+
+impl Helper {
+    fn new(child: Child) -> Self {
+        Helper {
+            child: Mutex::new(child),
+        }
+    }
+    async fn has_exited(&self) -> bool {
+        !matches!(self.child.lock().await.try_wait(), Ok(None))
+    }
+    async fn stop(&self) {
+        let mut c = self.child.lock().await;
+        let _ = c.start_kill();
+        let _ = c.wait().await;
+    }
+}
+
+/// The vmm child process, reaped by a task that publishes its end.
+pub struct ChildVm {
+    pid: u32,
+    exit: watch::Receiver<Option<VmExit>>,
+    helpers: Vec<Helper>,
+}
+
+impl ChildVm {
+    fn watch(mut child: Child, helpers: Vec<Helper>) -> Arc<ChildVm> {
+        let pid = child.id().unwrap_or(0);
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let description = match child.wait().await {
+                Ok(s) => describe(s),
+                Err(e) => format!("could not be waited for: {e}"),
+            };
+            let _ = tx.send(Some(VmExit { description }));
+        });
+        Arc::new(ChildVm {
+            pid,
+            exit: rx,
+            helpers,
+        })
+    }
+
+    fn has_exited(&self) -> Option<VmExit> {
+        self.exit.borrow().clone()
+    }
+}
+
+fn describe(s: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => "ended".into(),
+    }
+}
+
+#[async_trait]
+impl VmProcess for ChildVm {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    async fn exited(&self) -> VmExit {
+        let mut rx = self.exit.clone();
+        let seen = match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone(),
+            Err(_) => None,
+        };
+        seen.unwrap_or_else(|| VmExit {
+            description: "ended (watcher gone)".into(),
+        })
+    }
+
+    async fn stop(&self) {
+        if self.has_exited().is_none() {
+            if let Ok(pid) = i32::try_from(self.pid) {
+                // The watcher has not reaped the child yet, so the pid is still ours.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                if tokio::time::timeout(STOP_GRACE, self.exited())
+                    .await
+                    .is_err()
+                    && self.has_exited().is_none()
+                {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+            self.exited().await;
+        }
+        for h in &self.helpers {
+            h.stop().await;
+        }
+    }
+}
