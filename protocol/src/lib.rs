@@ -1,4 +1,68 @@
 //! The husk agent API, shared by the shim (client) and the agent (server).
 //!
-//! The vsock port the agent listens on inside the guest.
+//! Messages and ttrpc services are generated at build time from `proto/agent.proto`.
+//! [`agent`] holds the messages, [`agent_ttrpc`] the blocking client and server (used by
+//! the agent), and, with the `async` feature, [`asynchronous::agent_ttrpc`] the tokio
+//! client and server (used by the shim).
+
+/// The vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// Protobuf messages of the agent API.
+#[allow(clippy::all, clippy::unwrap_used, clippy::undocumented_unsafe_blocks)]
+#[allow(missing_docs, unused, nonstandard_style)]
+pub mod agent {
+    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+}
+
+/// Blocking ttrpc client and server of the agent API.
+#[allow(clippy::all, clippy::unwrap_used, clippy::undocumented_unsafe_blocks)]
+#[allow(missing_docs, unused, nonstandard_style)]
+pub mod agent_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
+
+/// Async (tokio) ttrpc client and server of the agent API.
+#[cfg(feature = "async")]
+pub mod asynchronous {
+    pub use crate::agent;
+
+    /// Async ttrpc client and server.
+    #[allow(clippy::all, clippy::unwrap_used, clippy::undocumented_unsafe_blocks)]
+    #[allow(missing_docs, unused, nonstandard_style)]
+    pub mod agent_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/async/agent_ttrpc.rs"));
+    }
+}
+
+/// Largest chunk the agent returns from one `ReadOutput` call.
+pub const MAX_READ_CHUNK: u32 = 1 << 20;
+
+/// Largest message the agent accepts (spec JSON, stdin chunk).
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::agent::*;
+    use protobuf::Message;
+
+    #[test]
+    fn messages_round_trip() {
+        let mut r = CreateContainerRequest::new();
+        r.container_id = "c1".into();
+        r.spec_json = b"{}".to_vec();
+        let mut s = Stdio::new();
+        s.stdout = true;
+        r.stdio = protobuf::MessageField::some(s);
+        let bytes = r.write_to_bytes().unwrap();
+        let back = CreateContainerRequest::parse_from_bytes(&bytes).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bytes in [&[0xff, 0xff, 0xff][..], &[0x0a, 0x80], &[0x12, 0x05, 0x01]] {
+            assert!(CreateContainerRequest::parse_from_bytes(bytes).is_err());
+        }
+    }
+}
