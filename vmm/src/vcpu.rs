@@ -94,7 +94,10 @@ impl Vcpu {
     /// Normalized CPUID, MSRs, FPU, LINT pins, and registers for 64-bit entry at `entry`.
     pub fn configure_linux(&self, vm: &Vm, n_vcpus: u8, entry: u64) -> Result<(), VcpuError> {
         let mut cpuid = vm.supported_cpuid().clone();
-        cpuid::normalize(&mut cpuid, self.id, n_vcpus);
+        let extras = cpuid::Extras {
+            tsc_deadline: vm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+        };
+        cpuid::normalize(&mut cpuid, self.id, n_vcpus, extras);
         self.fd.set_cpuid2(&cpuid).map_err(|err| VcpuError::Kvm {
             op: "KVM_SET_CPUID2",
             id: self.id,

@@ -11,6 +11,7 @@ const LEAF_HYPERVISOR: u32 = 0x4000_0000;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_EXT_APIC: u32 = 0x8000_001e;
 
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
 /// "KVMKVMKVM\0\0\0" as three registers.
@@ -25,14 +26,31 @@ fn bits_for(n: u32) -> u32 {
     }
 }
 
+/// What the VM offers beyond KVM_GET_SUPPORTED_CPUID (features KVM only emulates when the
+/// VMM asks: they need the in-kernel irqchip).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras {
+    /// KVM_CAP_TSC_DEADLINE_TIMER: without it the guest calibrates the LAPIC timer against
+    /// the PIT, which is slow and under nesting can fail outright.
+    pub tsc_deadline: bool,
+}
+
 /// Normalizes one CPUID entry for vCPU `cpu_id` of `n_vcpus`.
 pub fn normalize_entry(e: &mut kvm_cpuid_entry2, cpu_id: u8, n_vcpus: u8) {
+    normalize_entry_with(e, cpu_id, n_vcpus, Extras::default())
+}
+
+/// [`normalize_entry`] with the extra features the VM supports.
+pub fn normalize_entry_with(e: &mut kvm_cpuid_entry2, cpu_id: u8, n_vcpus: u8, extras: Extras) {
     let id = u32::from(cpu_id);
     let n = u32::from(n_vcpus).max(1);
     match e.function {
         LEAF_FEATURES => {
             e.ebx = (e.ebx & 0x0000_ffff) | (n << 16) | (id << 24);
             e.ecx |= ECX_HYPERVISOR;
+            if extras.tsc_deadline {
+                e.ecx |= ECX_TSC_DEADLINE;
+            }
             if n > 1 {
                 e.edx |= EDX_HTT;
             } else {
@@ -85,9 +103,9 @@ pub fn normalize_entry(e: &mut kvm_cpuid_entry2, cpu_id: u8, n_vcpus: u8) {
 }
 
 /// Normalizes every entry of `cpuid` for vCPU `cpu_id` of `n_vcpus`.
-pub fn normalize(cpuid: &mut CpuId, cpu_id: u8, n_vcpus: u8) {
+pub fn normalize(cpuid: &mut CpuId, cpu_id: u8, n_vcpus: u8, extras: Extras) {
     for e in cpuid.as_mut_slice() {
-        normalize_entry(e, cpu_id, n_vcpus);
+        normalize_entry_with(e, cpu_id, n_vcpus, extras);
     }
 }
 
@@ -113,6 +131,10 @@ mod tests {
         assert_eq!(e.ebx & 0xffff, 0x800);
         assert_ne!(e.ecx & ECX_HYPERVISOR, 0);
         assert_ne!(e.edx & EDX_HTT, 0);
+        assert_eq!(e.ecx & ECX_TSC_DEADLINE, 0);
+        let extras = Extras { tsc_deadline: true };
+        normalize_entry_with(&mut e, 3, 4, extras);
+        assert_ne!(e.ecx & ECX_TSC_DEADLINE, 0);
     }
 
     #[test]

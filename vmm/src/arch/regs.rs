@@ -113,14 +113,15 @@ const MSR_LSTAR: u32 = 0xc000_0082;
 const MSR_CSTAR: u32 = 0xc000_0083;
 const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MSR_IA32_MISC_ENABLE_FAST_STRING: u64 = 0x1;
 const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 /// MTRRs enabled, default type write-back.
 const MTRR_ENABLE_WB: u64 = (1 << 11) | 0x6;
 
-/// The MSRs given a defined value at boot.
+/// The MSRs given a defined value at boot. The TSC is left alone: KVM starts every vCPU's
+/// TSC in sync, and writing it per vCPU at different moments makes the guest mark it
+/// unstable.
 pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
     [
         (MSR_IA32_SYSENTER_CS, 0),
@@ -131,7 +132,6 @@ pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
         (MSR_KERNEL_GS_BASE, 0),
         (MSR_SYSCALL_MASK, 0),
         (MSR_LSTAR, 0),
-        (MSR_IA32_TSC, 0),
         (MSR_IA32_MISC_ENABLE, MSR_IA32_MISC_ENABLE_FAST_STRING),
         (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
     ]

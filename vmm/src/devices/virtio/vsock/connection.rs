@@ -18,8 +18,6 @@ pub enum ConnState {
     /// The host connected and named a guest port; REQUEST sent, RESPONSE awaited.
     LocalInit,
     Established,
-    /// The host side hung up: SHUTDOWN sent to the guest, its RST awaited.
-    LocalClosed,
     /// The guest shut down both directions: flush what is buffered, then reset.
     PeerClosing,
 }
@@ -60,6 +58,8 @@ pub struct Connection {
     uncounted: usize,
     /// The host socket may have bytes (or EOF) for the guest.
     pub host_readable: bool,
+    /// The host will send nothing more (EOF read); it may still receive.
+    pub host_eof: bool,
     /// The guest will send nothing more: shut the host socket's write side once flushed.
     peer_done_sending: bool,
     pub pending: PendingOps,
@@ -97,6 +97,7 @@ impl Connection {
             to_host: VecDeque::new(),
             uncounted: 0,
             host_readable: false,
+            host_eof: false,
             peer_done_sending: false,
             pending: PendingOps::default(),
         }
@@ -284,18 +285,16 @@ impl Connection {
             self.pending.shutdown = false;
             return Some((self.header(OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND, 0), 0));
         }
-        if self.state == ConnState::Established && self.host_readable {
+        if self.state == ConnState::Established && self.host_readable && !self.host_eof {
             let max = (self.peer_credit() as usize).min(buf.len());
             if max > 0 {
                 match self.stream.read(&mut buf[..max]) {
                     Ok(0) => {
-                        // The host hung up: tell the guest, wait for its RST.
+                        // The host finished sending: tell the guest. It may still send to
+                        // the host (which may still read) until one side closes.
                         self.host_readable = false;
-                        self.state = ConnState::LocalClosed;
-                        return Some((
-                            self.header(OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND, 0),
-                            0,
-                        ));
+                        self.host_eof = true;
+                        return Some((self.header(OP_SHUTDOWN, SHUTDOWN_SEND, 0), 0));
                     }
                     Ok(n) => {
                         self.tx_cnt = self.tx_cnt.wrapping_add(n as u32);
@@ -363,8 +362,9 @@ mod tests {
         drop(host);
         c.host_readable = true;
         let (h, _) = c.next_packet(&mut buf).unwrap();
-        assert_eq!((h.op, h.flags), (OP_SHUTDOWN, 3));
-        assert_eq!(c.state, ConnState::LocalClosed);
+        assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
+        assert!(c.host_eof);
+        assert!(!c.wants_rx());
     }
 
     #[test]

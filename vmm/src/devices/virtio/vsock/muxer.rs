@@ -162,7 +162,7 @@ impl Muxer {
             return;
         };
         let fd = conn.stream().as_raw_fd();
-        if conn.state == ConnState::LocalClosed || self.hung_up.contains(&key) {
+        if self.hung_up.contains(&key) && !conn.has_buffered() {
             if self.interest.get(&token) != Some(&None) {
                 reg.remove(fd);
                 self.interest.insert(token, None);
@@ -170,7 +170,7 @@ impl Muxer {
             return;
         }
         let mut want = EventSet::empty();
-        if !conn.host_readable {
+        if !conn.host_readable && !conn.host_eof {
             want |= EventSet::IN;
         }
         if conn.has_buffered() {
@@ -244,8 +244,6 @@ impl Muxer {
             }
             (OP_RESPONSE, ConnState::LocalInit) => kill = conn.accept_response().is_err(),
             (OP_RW, ConnState::Established) => kill = conn.from_guest(payload).is_err(),
-            // The host is gone: guest data has nowhere to go.
-            (OP_RW, ConnState::LocalClosed) => {}
             (OP_SHUTDOWN, _) => conn.peer_shutdown(h.flags),
             (OP_CREDIT_UPDATE, _) => {}
             (OP_CREDIT_REQUEST, _) => conn.pending.credit_update = true,
@@ -381,7 +379,7 @@ impl Muxer {
         };
         if events
             .intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
-            && conn.state != ConnState::LocalClosed
+            && !conn.host_eof
         {
             conn.host_readable = true;
         }

@@ -1,0 +1,183 @@
+//! A static /init for the vmm's VM tests (tests/vm/2*-vmm-*.sh): it exercises the devices
+//! from inside the guest and reports on the console, one `probe:` line per check. Which
+//! checks run is chosen on the kernel command line: `probe=cpus,blk,vsock,reboot|panic`.
+//!
+//! - `cpus`: prints the number of online CPUs.
+//! - `blk`: writes a 4 MiB pattern to /dev/vda, reads it back and compares; the host
+//!   checks the image's sha256.
+//! - `vsock`: listens on vsock port 1024 and echoes one connection (the host sends 64 MiB
+//!   through it); then connects to host port 5000 and sends a greeting.
+//! - `reboot`: reboots (the vmm exits 0); `panic`: exits, so the kernel panics (exit 4).
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::FromRawFd;
+
+fn say(msg: &str) {
+    // The console is /dev/console, opened by the kernel as fds 0-2.
+    let _ = writeln!(std::io::stdout(), "probe: {msg}");
+    let _ = std::io::stdout().flush();
+}
+
+fn mount(src: &str, target: &str, fstype: &str) {
+    let _ = std::fs::create_dir_all(target);
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let (s, t, f) = (c(src), c(target), c(fstype));
+    // SAFETY: valid NUL-terminated strings; a failed mount is reported by the checks after.
+    unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) };
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn blk() -> Result<(), String> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/vda")
+        .map_err(|e| format!("open /dev/vda: {e}"))?;
+    let data = pattern(4 << 20);
+    f.write_all(&data).map_err(|e| format!("write: {e}"))?;
+    f.sync_all().map_err(|e| format!("fsync: {e}"))?;
+    // Drop the page cache so the read goes to the device.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    let mut back = vec![0u8; data.len()];
+    f.read_exact(&mut back).map_err(|e| format!("read: {e}"))?;
+    if back != data {
+        return Err("read back differs".into());
+    }
+    if let Ok(mut ro) = OpenOptions::new().write(true).open("/dev/vdb") {
+        let refused = ro
+            .write_all(&[0u8; 512])
+            .and_then(|_| ro.sync_all())
+            .is_err();
+        say(&format!("blk ro write refused={refused}"));
+    }
+    Ok(())
+}
+
+fn vsock_socket() -> Result<std::fs::File, String> {
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a fresh socket we own.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+fn addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
+    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    a.svm_cid = cid;
+    a.svm_port = port;
+    a
+}
+
+fn vsock() -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let l = vsock_socket()?;
+    let a = addr(libc::VMADDR_CID_ANY, 1024);
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: `a` is a valid sockaddr_vm of `len` bytes.
+    if unsafe { libc::bind(l.as_raw_fd(), &a as *const _ as *const libc::sockaddr, len) } < 0 {
+        return Err(format!("bind: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: listening on our own socket.
+    unsafe { libc::listen(l.as_raw_fd(), 1) };
+    say("vsock listening 1024");
+    // SAFETY: accept on our listening socket; the peer address is not needed.
+    let c = unsafe { libc::accept(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut()) };
+    if c < 0 {
+        return Err(format!("accept: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `c` is a fresh connected socket we own.
+    let mut conn = unsafe { std::fs::File::from_raw_fd(c) };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = conn.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        conn.write_all(&buf[..n])
+            .map_err(|e| format!("write: {e}"))?;
+        total += n as u64;
+    }
+    drop(conn);
+    say(&format!("vsock echoed {total} bytes"));
+
+    let s = vsock_socket()?;
+    let a = addr(libc::VMADDR_CID_HOST, 5000);
+    // SAFETY: `a` is a valid sockaddr_vm of `len` bytes.
+    if unsafe { libc::connect(s.as_raw_fd(), &a as *const _ as *const libc::sockaddr, len) } < 0 {
+        return Err(format!(
+            "connect host:5000: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let mut s = s;
+    s.write_all(b"hello from the guest\n")
+        .map_err(|e| format!("write: {e}"))?;
+    say("vsock guest-initiated sent");
+    Ok(())
+}
+
+fn main() {
+    mount("proc", "/proc", "proc");
+    mount("sysfs", "/sys", "sysfs");
+    mount("devtmpfs", "/dev", "devtmpfs");
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let checks: Vec<String> = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("probe="))
+        .unwrap_or("cpus,reboot")
+        .split(',')
+        .map(String::from)
+        .collect();
+    say("started");
+    for c in &checks {
+        match c.as_str() {
+            "cpus" => {
+                // SAFETY: sysconf has no preconditions.
+                let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+                say(&format!("cpus={n}"));
+            }
+            "blk" => match blk() {
+                Ok(()) => say("blk ok"),
+                Err(e) => say(&format!("blk FAILED {e}")),
+            },
+            "vsock" => match vsock() {
+                Ok(()) => say("vsock ok"),
+                Err(e) => say(&format!("vsock FAILED {e}")),
+            },
+            "reboot" => {
+                say("rebooting");
+                // SAFETY: reboot(2) as PID 1; it does not return on success.
+                unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+            }
+            "panic" => {
+                say("exiting init");
+                std::process::exit(0);
+            }
+            other => say(&format!("unknown check {other}")),
+        }
+    }
+    say("done");
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
