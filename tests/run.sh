@@ -26,5 +26,13 @@ phase lint bash -c 'cargo fmt --all -- --check && cargo clippy --workspace --all
 phase unit cargo test --workspace
 phase kernel guest-kernel/build.sh
 phase rootfs rootfs/build.sh
-phase vm bash -c 'cargo build -q --workspace && tests/nested/host.sh -- tests/vm/run-all.sh'
+vm_phase() {
+  cargo build -q --workspace
+  # the harness must carry the command's exit status back, not QEMU's
+  local rc=0
+  tests/nested/host.sh -- 'echo harness self-test; exit 7' || rc=$?
+  [ "$rc" = 7 ] || { echo "nested harness returned $rc for a command that exited 7" >&2; return 1; }
+  tests/nested/host.sh -- tests/vm/run-all.sh
+}
+phase vm vm_phase
 echo "===== phase times: ${times[*]}"
