@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use husk_agent::engine::container::{self, CreateOpts};
+use husk_agent::engine::exec;
 
 /// husk's in-guest init and container engine.
 #[derive(Parser)]
@@ -32,9 +33,9 @@ struct Oci {
     /// State root directory.
     #[arg(long, default_value = "/run/husk")]
     root: PathBuf,
-    /// Accepted for runc compatibility; ignored.
-    #[arg(long, hide = true)]
-    log: Option<String>,
+    /// Also write errors to this file (runc's --log).
+    #[arg(long)]
+    log: Option<PathBuf>,
     /// Accepted for runc compatibility; ignored.
     #[arg(long, hide = true)]
     log_format: Option<String>,
@@ -82,6 +83,22 @@ enum Op {
         id: String,
         #[arg(default_value = "SIGTERM")]
         signal: String,
+    },
+    /// Run a process inside a running container.
+    Exec {
+        /// The OCI process (JSON file).
+        #[arg(short, long)]
+        process: PathBuf,
+        /// Write the process's pid here.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Unix socket receiving the pty master when process.terminal is set.
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        /// Do not wait for the process.
+        #[arg(short, long)]
+        detach: bool,
+        id: String,
     },
     /// Delete a stopped container.
     Delete {
@@ -137,6 +154,30 @@ fn oci(o: Oci) -> Result<i32> {
             container::kill(&o.root, &id, sig, all)?;
             0
         }
+        Op::Exec {
+            process,
+            pid_file,
+            console_socket,
+            detach,
+            id,
+        } => {
+            let text = std::fs::read_to_string(&process)
+                .with_context(|| format!("reading {}", process.display()))?;
+            let process = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", process.display()))?;
+            let pid = exec::exec(&exec::ExecOpts {
+                root: o.root,
+                id,
+                process,
+                pid_file,
+                console_socket,
+            })?;
+            if detach {
+                0
+            } else {
+                container::wait(pid)?
+            }
+        }
         Op::Delete { force, id } => {
             container::delete(&o.root, &id, force)?;
             0
@@ -162,13 +203,19 @@ fn main() -> Result<()> {
     }
     let cli = Cli::parse();
     match cli.cmd {
-        Some(Cmd::Oci(o)) => match oci(o) {
-            Ok(code) => std::process::exit(code),
-            Err(e) => {
-                eprintln!("husk-agent: {e:#}");
-                std::process::exit(1)
+        Some(Cmd::Oci(o)) => {
+            let log = o.log.clone();
+            match oci(o) {
+                Ok(code) => std::process::exit(code),
+                Err(e) => {
+                    eprintln!("husk-agent: {e:#}");
+                    if let Some(l) = log {
+                        let _ = std::fs::write(l, format!("{e:#}\n"));
+                    }
+                    std::process::exit(1)
+                }
             }
-        },
+        }
         Some(Cmd::Serve { address, root }) => husk_agent::server::serve(&address, &root)?,
         None => {
             println!("husk-agent {}: see --help", env!("CARGO_PKG_VERSION"));

@@ -457,18 +457,22 @@ pub fn run(o: &CreateOpts) -> Result<i32, EngineError> {
         let _ = delete(&o.root, &o.id, true);
         return Err(e);
     }
-    let code = loop {
-        match nix::sys::wait::waitpid(pid, None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => break c,
-            Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(EngineError::Io(format!("wait: {e}"))),
-        }
-    };
+    let code = wait(pid)?;
     delete(&o.root, &o.id, true)?;
     let _ = c.dir.as_os_str();
     Ok(code)
+}
+
+/// Waits for a child; returns its exit code, or 128 + the signal that killed it.
+pub fn wait(pid: Pid) -> Result<i32, EngineError> {
+    loop {
+        match nix::sys::wait::waitpid(pid, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => return Ok(c),
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(EngineError::Io(format!("wait: {e}"))),
+        }
+    }
 }
 
 /// The fd of a stream, for callers that pass stdio.

@@ -6,6 +6,7 @@
 pub mod caps;
 pub mod cgroups;
 pub mod container;
+pub mod exec;
 pub mod paths;
 pub mod process;
 pub mod rootfs;

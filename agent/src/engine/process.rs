@@ -254,6 +254,24 @@ fn setup_console(sock: &UnixStream) -> Result<(), InitError> {
     Ok(())
 }
 
+/// For `exec`: joins the container's namespaces, then drops privileges and execs.
+/// Returns only on failure.
+pub fn join_and_exec(mut cfg: InitConfig) -> Result<(), InitError> {
+    for (flag, path) in &cfg.join {
+        let f = std::fs::File::open(path).map_err(fail("open namespace"))?;
+        nix::sched::setns(&f, *flag).map_err(|e| InitError {
+            step: "setns",
+            msg: format!("{}: {e}", path.display()),
+        })?;
+    }
+    nix::unistd::setsid().map_err(fail("setsid"))?;
+    if let Some(sock) = &cfg.console {
+        setup_console(sock)?;
+    }
+    cfg.state_dir = None;
+    Err(exec_after_start(cfg))
+}
+
 /// Waits on `exec.fifo` (released by `start`), then drops privileges and execs.
 fn exec_after_start(mut cfg: InitConfig) -> InitError {
     if let Some(dir) = &cfg.state_dir {
