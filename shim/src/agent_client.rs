@@ -1,27 +1,413 @@
-//! The real agent client: ttrpc over the vsock stream.
-//!
-//! The agent API's messages and service live in `husk-protocol` (issue 4), which does
-//! not define them yet; until it does, connecting reports that plainly instead of
-//! guessing the wire format. The [`AgentClient`] trait is what the shim needs from it.
+//! The real agent client: ttrpc (husk-protocol's `Agent` service) over the vsock stream.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use containerd_shim_protos::ttrpc::{self, context, r#async::transport::Socket};
+use husk_protocol::agent as pb;
+use husk_protocol::asynchronous::agent_ttrpc::AgentClient as RpcClient;
 use tokio::net::UnixStream;
 
-use crate::agent::{AgentClient, AgentError, AgentResult};
+use crate::agent::*;
 use crate::vmm::AgentConnector;
 
-/// Connects [`AgentClient`]s over ttrpc.
+/// Calls that return at once get this long; waits (process exit, output, OOM) have none.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// What one ReadOutput asks for.
+const READ_CHUNK: u32 = 256 * 1024;
+
+/// Connects [`TtrpcAgent`]s.
 pub struct TtrpcConnector;
 
 #[async_trait]
 impl AgentConnector for TtrpcConnector {
     async fn connect(&self, stream: UnixStream) -> AgentResult<Arc<dyn AgentClient>> {
-        drop(stream);
-        Err(AgentError::Unavailable(
-            "husk-protocol does not define the agent API yet, so the shim cannot talk to the agent"
-                .into(),
-        ))
+        Ok(Arc::new(TtrpcAgent::new(stream)))
+    }
+}
+
+/// The agent over one ttrpc connection (ttrpc multiplexes concurrent calls).
+pub struct TtrpcAgent {
+    rpc: RpcClient,
+}
+
+impl TtrpcAgent {
+    pub fn new(stream: UnixStream) -> Self {
+        let client = ttrpc::r#async::Client::new(Socket::from(stream));
+        TtrpcAgent {
+            rpc: RpcClient::new(client),
+        }
+    }
+}
+
+fn quick() -> context::Context {
+    context::with_duration(CALL_TIMEOUT)
+}
+
+fn blocking() -> context::Context {
+    context::Context::default()
+}
+
+/// Status errors keep their code; anything else means the connection is gone.
+fn map(e: ttrpc::Error) -> AgentError {
+    match e {
+        ttrpc::Error::RpcStatus(s) => AgentError::Status {
+            code: s.code(),
+            message: s.message,
+        },
+        other => AgentError::Unavailable(other.to_string()),
+    }
+}
+
+fn container(id: &str) -> pb::ContainerRequest {
+    pb::ContainerRequest {
+        container_id: id.into(),
+        ..Default::default()
+    }
+}
+
+fn process(p: &ProcessRef) -> pb::ProcessRequest {
+    pb::ProcessRequest {
+        container_id: p.container_id.clone(),
+        exec_id: p.exec_id.clone(),
+        ..Default::default()
+    }
+}
+
+fn stdio(s: StdioFlags) -> pb::Stdio {
+    pb::Stdio {
+        stdin: s.stdin,
+        stdout: s.stdout,
+        stderr: s.stderr,
+        terminal: s.terminal,
+        ..Default::default()
+    }
+}
+
+#[async_trait]
+impl AgentClient for TtrpcAgent {
+    async fn health_check(&self) -> AgentResult<()> {
+        let r = self
+            .rpc
+            .check(quick(), &pb::Empty::new())
+            .await
+            .map_err(map)?;
+        if !r.serving {
+            return Err(AgentError::Unavailable(
+                "the agent is not serving yet".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn create_sandbox(&self, req: SandboxRequest) -> AgentResult<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let r = pb::CreateSandboxRequest {
+            pod_id: req.pod_id,
+            hostname: req.hostname,
+            shared_fs_tag: req.shared_fs_tag,
+            time_unix_nanos: i64::try_from(now.as_nanos()).unwrap_or(0),
+            ..Default::default()
+        };
+        self.rpc.create_sandbox(quick(), &r).await.map_err(map)?;
+        Ok(())
+    }
+
+    async fn create_container(&self, req: ContainerRequest) -> AgentResult<()> {
+        let r = pb::CreateContainerRequest {
+            container_id: req.container_id,
+            spec_json: req.spec_json,
+            stdio: Some(stdio(req.stdio)).into(),
+            ..Default::default()
+        };
+        self.rpc.create_container(quick(), &r).await.map_err(map)?;
+        Ok(())
+    }
+
+    async fn start_container(&self, id: &str) -> AgentResult<u32> {
+        let r = self
+            .rpc
+            .start_container(quick(), &container(id))
+            .await
+            .map_err(map)?;
+        Ok(r.pid)
+    }
+
+    async fn exec_process(&self, req: ExecRequest) -> AgentResult<u32> {
+        let r = pb::ExecProcessRequest {
+            container_id: req.process.container_id,
+            exec_id: req.process.exec_id,
+            process_json: req.process_json,
+            stdio: Some(stdio(req.stdio)).into(),
+            ..Default::default()
+        };
+        Ok(self.rpc.exec_process(quick(), &r).await.map_err(map)?.pid)
+    }
+
+    async fn signal_process(&self, p: &ProcessRef, signal: u32, all: bool) -> AgentResult<()> {
+        let r = pb::SignalProcessRequest {
+            container_id: p.container_id.clone(),
+            exec_id: p.exec_id.clone(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        self.rpc.signal_process(quick(), &r).await.map_err(map)?;
+        Ok(())
+    }
+
+    async fn wait_process(&self, p: &ProcessRef) -> AgentResult<u32> {
+        let r = self
+            .rpc
+            .wait_process(blocking(), &process(p))
+            .await
+            .map_err(map)?;
+        Ok(r.status)
+    }
+
+    async fn write_stdin(&self, p: &ProcessRef, data: &[u8]) -> AgentResult<()> {
+        let r = pb::WriteStdinRequest {
+            container_id: p.container_id.clone(),
+            exec_id: p.exec_id.clone(),
+            data: data.to_vec(),
+            ..Default::default()
+        };
+        self.rpc.write_stdin(quick(), &r).await.map_err(map)?;
+        Ok(())
+    }
+
+    async fn close_stdin(&self, p: &ProcessRef) -> AgentResult<()> {
+        self.rpc
+            .close_stdin(quick(), &process(p))
+            .await
+            .map_err(map)?;
+        Ok(())
+    }
+
+    async fn read_output(&self, p: &ProcessRef, s: OutputStream) -> AgentResult<Option<Vec<u8>>> {
+        let r = pb::ReadOutputRequest {
+            container_id: p.container_id.clone(),
+            exec_id: p.exec_id.clone(),
+            stream: match s {
+                OutputStream::Stdout => pb::OutputStream::STDOUT,
+                OutputStream::Stderr => pb::OutputStream::STDERR,
+            }
+            .into(),
+            max_len: READ_CHUNK,
+            ..Default::default()
+        };
+        let resp = self.rpc.read_output(blocking(), &r).await.map_err(map)?;
+        // Data that comes with the end is still delivered; the next call reports the end.
+        match (resp.data.is_empty(), resp.eof) {
+            (true, true) => Ok(None),
+            _ => Ok(Some(resp.data)),
+        }
+    }
+
+    async fn resize_tty(&self, p: &ProcessRef, width: u32, height: u32) -> AgentResult<()> {
+        let r = pb::ResizeTtyRequest {
+            container_id: p.container_id.clone(),
+            exec_id: p.exec_id.clone(),
+            width,
+            height,
+            ..Default::default()
+        };
+        self.rpc.resize_tty(quick(), &r).await.map_err(map)?;
+        Ok(())
+    }
+
+    async fn pause_container(&self, id: &str) -> AgentResult<()> {
+        self.rpc
+            .pause_container(quick(), &container(id))
+            .await
+            .map_err(map)?;
+        Ok(())
+    }
+
+    async fn resume_container(&self, id: &str) -> AgentResult<()> {
+        self.rpc
+            .resume_container(quick(), &container(id))
+            .await
+            .map_err(map)?;
+        Ok(())
+    }
+
+    async fn update_container(&self, id: &str, resources_json: &[u8]) -> AgentResult<()> {
+        let r = pb::UpdateContainerRequest {
+            container_id: id.into(),
+            resources_json: resources_json.to_vec(),
+            ..Default::default()
+        };
+        self.rpc.update_container(quick(), &r).await.map_err(map)?;
+        Ok(())
+    }
+
+    async fn stats_container(&self, id: &str) -> AgentResult<ContainerStats> {
+        let s = self
+            .rpc
+            .stats_container(quick(), &container(id))
+            .await
+            .map_err(map)?;
+        Ok(ContainerStats {
+            cpu_usage_usec: s.cpu_usage_usec,
+            cpu_user_usec: s.cpu_user_usec,
+            cpu_system_usec: s.cpu_system_usec,
+            memory_usage: s.memory_usage,
+            memory_limit: s.memory_limit,
+            pids_current: s.pids_current,
+            pids_limit: s.pids_limit,
+            oom_kills: s.oom_kills,
+        })
+    }
+
+    async fn list_processes(&self, id: &str) -> AgentResult<Vec<u32>> {
+        let r = self
+            .rpc
+            .list_processes(quick(), &container(id))
+            .await
+            .map_err(map)?;
+        Ok(r.pids)
+    }
+
+    async fn remove_container(&self, id: &str) -> AgentResult<()> {
+        self.rpc
+            .remove_container(quick(), &container(id))
+            .await
+            .map_err(map)?;
+        Ok(())
+    }
+
+    async fn next_oom_event(&self) -> AgentResult<String> {
+        let r = self
+            .rpc
+            .get_oom_event(blocking(), &pb::Empty::new())
+            .await
+            .map_err(map)?;
+        Ok(r.container_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use husk_protocol::asynchronous::agent_ttrpc::{create_agent, Agent};
+    use ttrpc::r#async::{transport::Listener, Server, TtrpcContext};
+
+    use super::*;
+    use crate::testutil::TempDir;
+
+    /// A ttrpc agent that answers a few calls the way husk-agent does.
+    #[derive(Default)]
+    struct MockAgent {
+        reads: AtomicU32,
+    }
+
+    #[async_trait]
+    impl Agent for MockAgent {
+        async fn check(&self, _: &TtrpcContext, _: pb::Empty) -> ttrpc::Result<pb::CheckResponse> {
+            Ok(pb::CheckResponse {
+                serving: true,
+                ..Default::default()
+            })
+        }
+        async fn start_container(
+            &self,
+            _: &TtrpcContext,
+            r: pb::ContainerRequest,
+        ) -> ttrpc::Result<pb::PidResponse> {
+            if r.container_id != "c1" {
+                return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                    ttrpc::Code::NOT_FOUND,
+                    format!("container {} not found", r.container_id),
+                )));
+            }
+            Ok(pb::PidResponse {
+                pid: 42,
+                ..Default::default()
+            })
+        }
+        async fn wait_process(
+            &self,
+            _: &TtrpcContext,
+            r: pb::ProcessRequest,
+        ) -> ttrpc::Result<pb::WaitProcessResponse> {
+            assert_eq!((r.container_id.as_str(), r.exec_id.as_str()), ("c1", "e1"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(pb::WaitProcessResponse {
+                status: 137,
+                ..Default::default()
+            })
+        }
+        async fn read_output(
+            &self,
+            _: &TtrpcContext,
+            r: pb::ReadOutputRequest,
+        ) -> ttrpc::Result<pb::ReadOutputResponse> {
+            assert_eq!(r.stream.enum_value(), Ok(pb::OutputStream::STDERR));
+            let n = self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(pb::ReadOutputResponse {
+                data: if n == 0 {
+                    b"hello".to_vec()
+                } else {
+                    Vec::new()
+                },
+                eof: n > 0,
+                ..Default::default()
+            })
+        }
+        async fn stats_container(
+            &self,
+            _: &TtrpcContext,
+            _: pb::ContainerRequest,
+        ) -> ttrpc::Result<pb::StatsResponse> {
+            Ok(pb::StatsResponse {
+                memory_usage: 1 << 20,
+                oom_kills: 1,
+                ..Default::default()
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_map_to_the_agent_api() {
+        let d = TempDir::new("agent");
+        let path = d.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let mut server = Server::new()
+            .add_listener(Listener::from(listener))
+            .register_service(create_agent(Arc::new(MockAgent::default())));
+        server.start().await.unwrap();
+
+        let agent = TtrpcAgent::new(UnixStream::connect(&path).await.unwrap());
+        agent.health_check().await.unwrap();
+        assert_eq!(agent.start_container("c1").await.unwrap(), 42);
+        let e = agent.start_container("zz").await.unwrap_err();
+        assert_eq!(e.code(), ttrpc::Code::NOT_FOUND);
+        assert_eq!(e.to_string(), "container zz not found");
+        // a blocking wait and other calls share the connection
+        let p = ProcessRef::exec("c1", "e1");
+        let (status, stats) = tokio::join!(agent.wait_process(&p), agent.stats_container("c1"));
+        assert_eq!(status.unwrap(), 137);
+        assert_eq!(stats.unwrap().oom_kills, 1);
+        assert_eq!(
+            agent.read_output(&p, OutputStream::Stderr).await.unwrap(),
+            Some(b"hello".to_vec())
+        );
+        assert_eq!(
+            agent.read_output(&p, OutputStream::Stderr).await.unwrap(),
+            None
+        );
+        // a call the mock does not implement is a status error, not a dead connection
+        let e = agent.pause_container("c1").await.unwrap_err();
+        assert!(matches!(e, AgentError::Status { .. }), "{e:?}");
+
+        server.shutdown().await.unwrap();
+        drop(server);
+        let e = agent.health_check().await.unwrap_err();
+        assert_eq!(e.code(), ttrpc::Code::UNAVAILABLE, "{e}");
     }
 }

@@ -188,7 +188,11 @@ pub async fn serve(flags: &Flags) -> Result<(), BootError> {
 /// pod's vmm and virtiofsd if this container booted it, undoes the mounts, and answers
 /// containerd with the exit of a killed process.
 pub fn delete(flags: &Flags) -> Result<DeleteResponse, BootError> {
-    let cfg = Config::load_default()?;
+    delete_with(flags, &Config::load_default()?)
+}
+
+/// [`delete`] with a given config.
+pub fn delete_with(flags: &Flags, cfg: &Config) -> Result<DeleteResponse, BootError> {
     let bundle = bundle_dir(flags)?;
     let share = MountShare::new(HostMounts);
     match BundleSpec::load(&bundle) {
@@ -262,3 +266,7 @@ pub async fn run() -> Result<(), BootError> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -23,9 +23,6 @@ use crate::vsock;
 
 /// The virtio-fs tag of the pod's shared directory.
 pub const SHARED_FS_TAG: &str = "husk-shared";
-/// The vsock port husk-agent listens on (`husk_protocol::AGENT_VSOCK_PORT`; kept here
-/// while that crate is being built so the shim does not depend on its work in progress).
-pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// The guest's vsock context id (one VM per vmm, so it is always the first free one).
 pub const GUEST_CID: u32 = 3;
 /// Kernel command line before the config's extra words.
@@ -124,7 +121,8 @@ impl HuskVmm {
                     log_tail(&log)
                 )));
             }
-            if let Ok(stream) = vsock::connect(&socket, AGENT_VSOCK_PORT, left).await {
+            if let Ok(stream) = vsock::connect(&socket, husk_protocol::AGENT_VSOCK_PORT, left).await
+            {
                 let agent = self.connector.connect(stream).await?;
                 agent.health_check().await?;
                 return Ok(agent);
@@ -314,3 +312,7 @@ impl VmProcess for ChildVm {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "vmm_tests.rs"]
+mod tests;

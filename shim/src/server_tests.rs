@@ -1,0 +1,186 @@
+//! The task service over a real ttrpc connection (both API names), and `shim delete`.
+
+use std::sync::Arc;
+
+use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim_async::TaskClient;
+use containerd_shim_protos::ttrpc::context::Context;
+use containerd_shim_protos::ttrpc::{Code, Request, Response};
+
+use super::*;
+use crate::agent::ProcessRef;
+use crate::testutil::*;
+
+async fn serve_fake(dir: &Path) -> (Server, Arc<FakeLauncher>, String) {
+    let launcher = Arc::new(FakeLauncher::default());
+    let cfg = Config {
+        state_dir: dir.join("state"),
+        ..Config::default()
+    };
+    let pod = PodService::new(
+        cfg,
+        Deps {
+            launcher: launcher.clone(),
+            events: Arc::new(RecordingEvents::default()),
+            share: Arc::new(FakeShare::default()),
+        },
+    );
+    let address = format!("unix://{}", dir.join("shim.sock").display());
+    let listener = bind(&address).await.unwrap().unwrap();
+    let task: Arc<dyn Task + Send + Sync> = Arc::new(TaskService::new(pod));
+    let mut server = Server::new()
+        .add_listener(Listener::from(listener))
+        .register_service(task_services(task));
+    server.start().await.unwrap();
+    (server, launcher, address)
+}
+
+#[tokio::test]
+async fn ctr_run_over_ttrpc() {
+    let d = TempDir::new("ttrpc");
+    let (mut server, launcher, address) = serve_fake(d.path()).await;
+    let bundle = d.path().join("c1");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), "{}").unwrap();
+
+    let client = Client::connect(&address).await.unwrap();
+    let task = TaskClient::new(client.clone());
+    let ctx = Context::default;
+    let created = task
+        .create(
+            ctx(),
+            &api::CreateTaskRequest {
+                id: "c1".into(),
+                bundle: bundle.display().to_string(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.pid, 4242);
+    let start = api::StartRequest {
+        id: "c1".into(),
+        ..Default::default()
+    };
+    task.start(ctx(), &start).await.unwrap();
+    // errors arrive with their codes
+    let e = task.start(ctx(), &start).await.unwrap_err();
+    assert!(
+        matches!(e, containerd_shim_protos::ttrpc::Error::RpcStatus(ref s) if s.code() == Code::FAILED_PRECONDITION),
+        "{e:?}"
+    );
+    let e = task
+        .checkpoint(ctx(), &api::CheckpointTaskRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, containerd_shim_protos::ttrpc::Error::RpcStatus(ref s) if s.code() == Code::UNIMPLEMENTED)
+    );
+
+    // containerd 1.6 speaks containerd.task.v2.Task: the same service answers
+    let state = api::StateRequest {
+        id: "c1".into(),
+        ..Default::default()
+    };
+    let resp: Response = client
+        .request(Request {
+            service: TASK_V2.into(),
+            method: "State".into(),
+            payload: state.write_to_bytes().unwrap(),
+            timeout_nano: 5_000_000_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let st = api::StateResponse::parse_from_bytes(&resp.payload).unwrap();
+    assert_eq!(st.status.enum_value(), Ok(api::Status::RUNNING));
+
+    let stats = task
+        .stats(
+            ctx(),
+            &api::StatsRequest {
+                id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stats.stats.type_url, crate::task::METRICS_V2_TYPE_URL);
+
+    launcher.agent.exit(&ProcessRef::init("c1"), 7);
+    let w = task
+        .wait(
+            ctx(),
+            &api::WaitRequest {
+                id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.exit_status, 7);
+    let del = task
+        .delete(
+            ctx(),
+            &api::DeleteRequest {
+                id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(del.exit_status, 7);
+    task.shutdown(ctx(), &api::ShutdownRequest::default())
+        .await
+        .unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_server_for_the_same_pod_defers_to_the_first() {
+    let d = TempDir::new("bind");
+    let (mut server, _l, address) = serve_fake(d.path()).await;
+    assert!(bind(&address).await.unwrap().is_none());
+    server.shutdown().await.unwrap();
+    drop(server);
+    // a stale socket (its shim is gone) is replaced
+    let stale = d.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(bind(&format!("unix://{}", stale.display()))
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[test]
+fn delete_after_kill_9_kills_the_vmm_and_cleans_up() {
+    let d = TempDir::new("delete");
+    let cfg = Config {
+        state_dir: d.path().join("state"),
+        ..Config::default()
+    };
+    let bundle = d.path().join("c1");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), "{}").unwrap();
+    let pod_dir = cfg.state_dir.join("c1");
+    std::fs::create_dir_all(&pod_dir).unwrap();
+    let mut vmm = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    pidfile::record(&pod_dir.join(VMM_PID_FILE), vmm.id()).unwrap();
+    std::fs::write(pod_dir.join("vm.json"), "{}").unwrap();
+    let flags = Flags {
+        id: "c1".into(),
+        bundle: bundle.display().to_string(),
+        ..Default::default()
+    };
+    let resp = delete_with(&flags, &cfg).unwrap();
+    assert_eq!(resp.exit_status, 137);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(vmm.wait().unwrap().signal(), Some(9));
+    assert!(!pod_dir.exists(), "pod directory removed");
+    // a second delete (containerd retries) is fine
+    delete_with(&flags, &cfg).unwrap();
+}

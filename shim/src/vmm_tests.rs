@@ -1,0 +1,151 @@
+//! The launcher against fake vmm and virtiofsd programs (shell and python scripts).
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use super::*;
+use crate::pod::VmSize;
+use crate::testutil::{FakeAgent, TempDir};
+
+struct FakeConnector;
+
+#[async_trait]
+impl AgentConnector for FakeConnector {
+    async fn connect(&self, _stream: UnixStream) -> AgentResult<Arc<dyn AgentClient>> {
+        Ok(Arc::new(FakeAgent::default()))
+    }
+}
+
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// virtiofsd stand-in: creates its socket path, then idles.
+const FAKE_VIRTIOFSD: &str = "#!/bin/sh\nfor a; do case $a in --socket-path=*) : > \"${a#--socket-path=}\";; esac; done\nexec sleep 1000\n";
+
+/// vmm stand-in: serves the vsock handshake on the socket its config names.
+const FAKE_VMM: &str = r#"#!/usr/bin/env python3
+import json, socket, sys, time
+cfg = json.load(open(sys.argv[3]))
+assert sys.argv[1:3] == ["run", "--config"], sys.argv
+s = socket.socket(socket.AF_UNIX)
+s.bind(cfg["vsock"]["socket"])
+s.listen(4)
+conns = []
+while True:
+    c, _ = s.accept()
+    line = c.recv(64)
+    assert line == b"CONNECT 1024\n", line
+    c.sendall(b"OK 1073741824\n")
+    conns.append(c)
+"#;
+
+fn setup(vmm: &str, virtiofsd: &str) -> (TempDir, HuskVmm, VmRequest) {
+    let d = TempDir::new("vmm");
+    let cfg = Config {
+        vmm: script(d.path(), "vmm", vmm),
+        virtiofsd: script(d.path(), "virtiofsd", virtiofsd),
+        boot_timeout_secs: 2,
+        ..Config::default()
+    };
+    let req = VmRequest {
+        pod_id: "p1".into(),
+        size: VmSize {
+            vcpus: 2,
+            memory_mib: 320,
+        },
+        pod_dir: d.path().join("pod"),
+        shared_dir: d.path().join("pod/shared"),
+    };
+    (d, HuskVmm::new(cfg, Arc::new(FakeConnector)), req)
+}
+
+fn recorded_pid(pod_dir: &Path, file: &str) -> i32 {
+    let text = std::fs::read_to_string(pod_dir.join(file)).unwrap();
+    text.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// A reaped child is gone: signal 0 fails with ESRCH.
+fn gone(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH)
+}
+
+#[test]
+fn vm_config_is_husk_vmms_format() {
+    let (_d, vmm, req) = setup("", "");
+    let c = vmm.vm_config(&req);
+    assert_eq!(c["vcpus"], 2);
+    assert_eq!(c["mem_mib"], 320);
+    assert_eq!(c["kernel"], "/usr/local/share/husk/vmlinux");
+    assert_eq!(c["initrd"], "/usr/local/share/husk/rootfs.cpio");
+    assert_eq!(c["serial"], "none");
+    assert_eq!(c["vsock"]["guest_cid"], 3);
+    assert!(c["vsock"]["socket"]
+        .as_str()
+        .unwrap()
+        .ends_with("/pod/vsock.sock"));
+    assert_eq!(c["fs"][0]["tag"], SHARED_FS_TAG);
+    assert!(c["cmdline"].as_str().unwrap().starts_with(BASE_CMDLINE));
+}
+
+#[tokio::test]
+async fn boots_when_the_agent_answers_and_stops() {
+    let (_d, vmm, req) = setup(FAKE_VMM, FAKE_VIRTIOFSD);
+    let vm = vmm.launch(&req).await.unwrap();
+    let pid = recorded_pid(&req.pod_dir, VMM_PID_FILE);
+    let fsd = recorded_pid(&req.pod_dir, VIRTIOFSD_PID_FILE);
+    assert_eq!(vm.process.pid() as i32, pid);
+    vm.agent.health_check().await.unwrap();
+    vm.process.stop().await;
+    assert_eq!(
+        vm.process.exited().await.description,
+        "was killed by signal 15"
+    );
+    assert!(gone(pid) && gone(fsd), "vmm and virtiofsd reaped");
+}
+
+#[tokio::test]
+async fn silent_vmm_times_out_and_is_reaped() {
+    let (_d, vmm, req) = setup("#!/bin/sh\necho booting\nexec sleep 1000\n", FAKE_VIRTIOFSD);
+    let e = vmm.launch(&req).await.unwrap_err().to_string();
+    assert!(e.contains("the agent did not answer within 2 s"), "{e}");
+    assert!(e.contains("booting"), "{e}");
+    assert!(gone(recorded_pid(&req.pod_dir, VMM_PID_FILE)));
+    assert!(gone(recorded_pid(&req.pod_dir, VIRTIOFSD_PID_FILE)));
+}
+
+#[tokio::test]
+async fn vmm_that_dies_is_reported_with_its_log() {
+    let (_d, vmm, req) = setup(
+        "#!/bin/sh\necho 'husk-vmm: /dev/kvm is PVM' >&2\nexit 1\n",
+        FAKE_VIRTIOFSD,
+    );
+    let e = vmm.launch(&req).await.unwrap_err().to_string();
+    assert!(e.contains("husk-vmm exited with status 1"), "{e}");
+    assert!(e.contains("/dev/kvm is PVM"), "{e}");
+    assert!(gone(recorded_pid(&req.pod_dir, VIRTIOFSD_PID_FILE)));
+}
+
+#[tokio::test]
+async fn virtiofsd_that_fails_stops_the_launch() {
+    let (_d, vmm, req) = setup(FAKE_VMM, "#!/bin/sh\necho 'no such dir' >&2\nexit 1\n");
+    let e = vmm.launch(&req).await.unwrap_err().to_string();
+    assert!(e.contains("virtiofsd did not create"), "{e}");
+    assert!(e.contains("no such dir"), "{e}");
+    assert!(
+        !req.pod_dir.join(VMM_PID_FILE).exists(),
+        "the vmm never started"
+    );
+}
+
+#[tokio::test]
+async fn missing_vmm_binary() {
+    let (_d, mut vmm, req) = setup(FAKE_VMM, FAKE_VIRTIOFSD);
+    vmm.cfg.vmm = "/nonexistent/husk-vmm".into();
+    let e = vmm.launch(&req).await.unwrap_err().to_string();
+    assert!(e.contains("spawning /nonexistent/husk-vmm"), "{e}");
+    assert!(gone(recorded_pid(&req.pod_dir, VIRTIOFSD_PID_FILE)));
+}
