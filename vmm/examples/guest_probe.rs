@@ -29,16 +29,17 @@ fn mount(src: &str, target: &str, fstype: &str) {
     unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) };
 }
 
+/// 4 KiB blocks, block `i` filled with the little-endian u32 `i * 2654435761`: cheap to
+/// regenerate on the host, and a misplaced block shows.
 fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u32 = 0x1234_5678;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
+    let mut v = Vec::with_capacity(len);
+    for i in 0..len / 4096 {
+        let w = (i as u32).wrapping_mul(2_654_435_761).to_le_bytes();
+        for _ in 0..1024 {
+            v.extend_from_slice(&w);
+        }
+    }
+    v
 }
 
 fn blk() -> Result<(), String> {
