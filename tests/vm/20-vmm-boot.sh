@@ -21,7 +21,8 @@ grep -qE 'Brought up 1 node, 2 CPUs' "$log" || { show "$log"; fail "guest did no
 echo "guest: 2 CPUs; agent first line ${ms} ms after husk-vmm start"
 echo "BENCH vmm_boot_to_agent_ms $ms ms"
 # Guest RAM is a shared memfd mapping (RssShmem); the rest is the vmm's own overhead.
-read -r rss shm < <(awk '/^VmRSS/ {r=$2} /^RssShmem/ {s=$2} END {print r, s}' "/proc/$VMM_PID/status")
+rss=$(awk '/^VmRSS/ {print $2}' "/proc/$VMM_PID/status")
+shm=$(awk '/^RssShmem/ {print $2}' "/proc/$VMM_PID/status")
 echo "husk-vmm RSS after boot: ${rss} KiB, of which guest memory ${shm} KiB"
 echo "BENCH vmm_rss_overhead_mib $(awk -v r="$rss" -v s="$shm" 'BEGIN {printf "%.1f", (r - s) / 1024}') MiB"
 kill -TERM "$VMM_PID"
