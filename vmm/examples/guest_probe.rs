@@ -7,6 +7,8 @@
 //!   checks the image's sha256.
 //! - `vsock`: listens on vsock port 1024 and echoes one connection (the host sends 64 MiB
 //!   through it); then connects to host port 5000 and sends a greeting.
+//! - `fs`: mounts the virtio-fs tag `husk` at /mnt, reads `hello.txt`, writes
+//!   `from-guest.txt`.
 //! - `reboot`: reboots (the vmm exits 0); `panic`: exits, so the kernel panics (exit 4).
 
 #![allow(clippy::unwrap_used)]
@@ -165,6 +167,25 @@ fn main() {
                 Ok(()) => say("vsock ok"),
                 Err(e) => say(&format!("vsock FAILED {e}")),
             },
+            "fs" => {
+                let _ = std::fs::create_dir_all("/mnt");
+                let c = |s: &str| std::ffi::CString::new(s).unwrap();
+                let (s, t, f) = (c("husk"), c("/mnt"), c("virtiofs"));
+                // SAFETY: valid NUL-terminated strings.
+                let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) };
+                if rc != 0 {
+                    say(&format!("fs FAILED mount: {}", std::io::Error::last_os_error()));
+                    continue;
+                }
+                match std::fs::read_to_string("/mnt/hello.txt") {
+                    Ok(t) => say(&format!("fs read {:?}", t.trim())),
+                    Err(e) => say(&format!("fs FAILED read: {e}")),
+                }
+                match std::fs::write("/mnt/from-guest.txt", "written by the guest\n") {
+                    Ok(()) => say("fs ok"),
+                    Err(e) => say(&format!("fs FAILED write: {e}")),
+                }
+            }
             "reboot" => {
                 say("rebooting");
                 // SAFETY: reboot(2) as PID 1; it does not return on success.

@@ -57,6 +57,8 @@ pub enum VmmError {
     #[error("{0}")]
     Vcpu(#[from] crate::vcpu::VcpuError),
     #[error("{0}")]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("{0}")]
     Block(#[from] crate::devices::virtio::blk::device::BlockError),
     #[error("{0}")]
     Vsock(#[from] crate::devices::virtio::vsock::VsockError),
@@ -78,7 +80,9 @@ pub enum VmmError {
     NoIrq(usize),
     #[error("{0}")]
     Event(String),
-    #[error("net and fs devices are not implemented yet")]
+    #[error("{0}")]
+    Fs(#[from] crate::devices::virtio::fs::FsError),
+    #[error("virtio-net is not implemented yet")]
     Unsupported,
 }
 
@@ -197,7 +201,7 @@ impl TryFrom<&VmConfig> for Vmm {
     fn try_from(cfg: &VmConfig) -> Result<Vmm, VmmError> {
         cfg.validate()?;
         ensure_usable_kvm(cfg.force)?;
-        if !cfg.net.is_empty() || !cfg.fs.is_empty() {
+        if !cfg.net.is_empty() {
             return Err(VmmError::Unsupported);
         }
         block_stop_signals().map_err(|e| io("blocking stop signals")(e.into()))?;
@@ -224,7 +228,7 @@ impl TryFrom<&VmConfig> for Vmm {
 
         // Legacy devices.
         let console = ConsoleBuffer::new(CONSOLE_BUFFER_BYTES);
-        let console_thread = spawn_output(console.clone(), console_sink(&cfg.serial)?)
+        let console_thread = spawn_output(console.clone(), console_sink(&cfg.serial)?, cfg.seccomp)
             .map_err(io("spawning the console thread"))?;
         let serial_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating an irqfd"))?;
         vm.fd()
@@ -265,6 +269,9 @@ impl TryFrom<&VmConfig> for Vmm {
         if let Some(v) = &cfg.vsock {
             b.attach_virtio(crate::devices::virtio::vsock::Vsock::new(v)?)?;
         }
+        for f in &cfg.fs {
+            b.attach_virtio(crate::devices::virtio::fs::Fs::new(f)?)?;
+        }
         let Builder { mmio, cmdline, .. } = b;
 
         boot::write_boot_params(vm.memory(), &kernel, &cmdline, initrd)?;
@@ -285,6 +292,7 @@ impl TryFrom<&VmConfig> for Vmm {
                 mmio: Arc::new(mmio),
                 stop: Arc::new(AtomicBool::new(false)),
                 exit,
+                seccomp: cfg.seccomp,
             },
             exit_rx,
             events,
@@ -302,9 +310,17 @@ impl Vmm {
         let stop = self.shared.stop.clone();
         let loop_stop = stop.clone();
         let mut events = self.events;
+        let seccomp = self.shared.seccomp;
+        let loop_exit = self.shared.exit.clone();
         let event_loop = std::thread::Builder::new()
             .name("events".into())
             .spawn(move || {
+                if seccomp {
+                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::EventLoop) {
+                        loop_exit.send(ExitReason::InternalError(e.to_string()));
+                        return;
+                    }
+                }
                 while !loop_stop.load(std::sync::atomic::Ordering::SeqCst) {
                     if let Err(e) = events.run() {
                         log::error!("event loop: {e:?}");
@@ -316,6 +332,9 @@ impl Vmm {
         let mut handles = Vec::with_capacity(self.vcpus.len());
         for v in self.vcpus.drain(..) {
             handles.push(v.spawn(self.shared.clone())?);
+        }
+        if seccomp {
+            crate::seccomp::apply(crate::seccomp::ThreadKind::Main)?;
         }
         let reason = self
             .exit_rx

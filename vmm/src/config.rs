@@ -135,6 +135,13 @@ pub struct VmConfig {
     /// Run even on a PVM or emulation-only /dev/kvm.
     #[serde(default)]
     pub force: bool,
+    /// Per-thread seccomp filters (on unless turned off for debugging).
+    #[serde(default = "default_seccomp")]
+    pub seccomp: bool,
+}
+
+fn default_seccomp() -> bool {
+    true
 }
 
 impl Default for VmConfig {
@@ -151,6 +158,7 @@ impl Default for VmConfig {
             net: Vec::new(),
             fs: Vec::new(),
             force: false,
+            seccomp: true,
         }
     }
 }

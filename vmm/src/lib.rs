@@ -12,5 +12,6 @@ pub mod control;
 pub mod devices;
 pub mod exit;
 pub mod memory;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;

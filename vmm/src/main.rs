@@ -60,6 +60,9 @@ struct RunArgs {
     /// Run even on a PVM or emulation-only /dev/kvm.
     #[arg(long)]
     force: bool,
+    /// Do not install the per-thread seccomp filters (debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 fn config(a: Box<RunArgs>) -> Result<VmConfig> {
@@ -98,6 +101,9 @@ fn config(a: Box<RunArgs>) -> Result<VmConfig> {
         c.fs.push(FsConfig::parse(f)?);
     }
     c.force |= a.force;
+    if a.no_seccomp {
+        c.seccomp = false;
+    }
     Ok(c)
 }
 

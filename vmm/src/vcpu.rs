@@ -50,6 +50,8 @@ pub struct VcpuShared {
     pub mmio: Arc<Bus>,
     pub stop: Arc<AtomicBool>,
     pub exit: ExitNotifier,
+    /// Install the vCPU seccomp filter when the thread starts.
+    pub seccomp: bool,
 }
 
 pub struct Vcpu {
@@ -168,6 +170,12 @@ impl Vcpu {
 
     /// Runs until the guest or the vmm ends the VM.
     pub fn run(mut self, shared: VcpuShared) {
+        if shared.seccomp {
+            if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
+                shared.exit.send(ExitReason::InternalError(e.to_string()));
+                return;
+            }
+        }
         while !shared.stop.load(Ordering::SeqCst) {
             if let Step::Exit(reason) = self.step(&shared) {
                 shared.exit.send(reason);

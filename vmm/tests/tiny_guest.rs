@@ -74,6 +74,7 @@ fn run_real_mode(code: &[u8], idt_limit: Option<u16>) -> (ExitReason, Vec<u8>) {
         mmio: Arc::new(Bus::new()),
         stop: stop.clone(),
         exit,
+        seccomp: true,
     };
     let h = vcpu.spawn(shared).unwrap();
     let reason = rx

@@ -94,10 +94,17 @@ impl ConsoleBuffer {
 pub fn spawn_output(
     buffer: Arc<ConsoleBuffer>,
     mut sink: Box<dyn Write + Send>,
+    seccomp: bool,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("console".into())
         .spawn(move || {
+            if seccomp {
+                if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Console) {
+                    let _ = writeln!(std::io::stderr(), "husk-vmm: {e}");
+                    return;
+                }
+            }
             while let Some(bytes) = buffer.take() {
                 if sink.write_all(&bytes).and_then(|_| sink.flush()).is_err() {
                     // Nowhere to write: keep draining so the guest is not affected.
@@ -198,7 +205,7 @@ mod tests {
         }
         let out = Arc::new(Mutex::new(Vec::new()));
         let b = ConsoleBuffer::new(1024);
-        let t = spawn_output(b.clone(), Box::new(Shared(out.clone()))).unwrap();
+        let t = spawn_output(b.clone(), Box::new(Shared(out.clone())), false).unwrap();
         b.push(b"hello ");
         b.push(b"world");
         b.close();

@@ -34,6 +34,9 @@ pub const STATUS_FAILED: u32 = 0x80;
 pub enum DeviceState {
     /// Reset or being configured by the driver.
     Inactive,
+    /// DRIVER_OK seen on a vCPU thread; the event loop activates the device (activation may
+    /// talk to a vhost-user backend, which vCPU threads are not allowed to).
+    Activating,
     /// DRIVER_OK accepted: the device owns its queues.
     Active,
     /// Activation failed: the driver must reset the device.
@@ -53,7 +56,11 @@ pub struct MmioTransport<D: VirtioDevice> {
     acked_features: u64,
     queue_sel: u32,
     config_generation: u32,
+    activate_evt: EventFd,
 }
+
+/// Event token of the transport's activation request.
+pub const TOKEN_ACTIVATE: u32 = QUEUE_TOKEN_BASE - 1;
 
 impl<D: VirtioDevice> MmioTransport<D> {
     /// `irq_evt` is registered as the device's irqfd; `queue_evts` (one per queue) as
@@ -78,6 +85,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             acked_features: 0,
             queue_sel: 0,
             config_generation: 0,
+            activate_evt: EventFd::new(libc::EFD_NONBLOCK)?,
         })
     }
 
@@ -134,12 +142,18 @@ impl<D: VirtioDevice> MmioTransport<D> {
             .iter()
             .enumerate()
             .find(|(_, q)| !q.is_valid(&self.mem));
-        let result = match all_valid {
-            Some((i, _)) => Err(super::ActivateError::InvalidQueue(i)),
-            None => self.device.activate(
+        let kicks: std::io::Result<Vec<EventFd>> =
+            self.queue_evts.iter().map(|e| e.try_clone()).collect();
+        let result = match (all_valid, kicks) {
+            (Some((i, _)), _) => Err(super::ActivateError::InvalidQueue(i)),
+            (None, Err(e)) => Err(super::ActivateError::Device(format!(
+                "cloning queue eventfds: {e}"
+            ))),
+            (None, Ok(queue_evts)) => self.device.activate(
                 Activation {
                     mem: self.mem.clone(),
                     queues: self.queues.iter().map(copy_queue).collect(),
+                    queue_evts,
                     interrupt: self.interrupt.clone(),
                     acked_features: self.acked_features,
                 },
@@ -147,7 +161,15 @@ impl<D: VirtioDevice> MmioTransport<D> {
             ),
         };
         match result {
-            Ok(()) => self.state = DeviceState::Active,
+            Ok(()) => {
+                self.state = DeviceState::Active;
+                // Kicks that came while activating were consumed: look at every queue once.
+                if self.device.uses_queue_events() {
+                    for i in 0..self.queues.len() {
+                        self.device.queue_notify(i, reg);
+                    }
+                }
+            }
             Err(e) => {
                 log::warn!("virtio device type {}: {e}", self.device.device_type());
                 self.state = DeviceState::Failed;
@@ -177,7 +199,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
         let newly_ok = v & STATUS_DRIVER_OK != 0 && self.status & STATUS_DRIVER_OK == 0;
         self.status = v;
         if newly_ok && v & STATUS_FEATURES_OK != 0 && self.state == DeviceState::Inactive {
-            self.activate(reg);
+            self.state = DeviceState::Activating;
+            let _ = self.activate_evt.write(1);
         }
     }
 
@@ -255,7 +278,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     /// Dispatches a queue notification or a device event (event-loop side).
     pub fn handle_event(&mut self, token: u32, events: EventSet, reg: &mut dyn EventRegistry) {
-        if token >= QUEUE_TOKEN_BASE {
+        if token == TOKEN_ACTIVATE {
+            let _ = self.activate_evt.read();
+            if self.state == DeviceState::Activating {
+                self.activate(reg);
+            }
+        } else if token >= QUEUE_TOKEN_BASE {
             let index = (token - QUEUE_TOKEN_BASE) as usize;
             if let Some(e) = self.queue_evts.get(index) {
                 let _ = e.read();
@@ -304,7 +332,20 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
 
 impl<D: VirtioDevice> MutEventSubscriber for MmioTransport<D> {
     fn init(&mut self, ops: &mut EventOps) {
-        for (i, e) in self.queue_evts.iter().enumerate() {
+        if let Err(err) = ops.add(Events::with_data(
+            &self.activate_evt,
+            TOKEN_ACTIVATE,
+            EventSet::IN,
+        )) {
+            log::warn!("registering the activation eventfd: {err:?}");
+        }
+        // A vhost-user device's kicks go straight to its backend.
+        let queue_evts: &[EventFd] = if self.device.uses_queue_events() {
+            &self.queue_evts
+        } else {
+            &[]
+        };
+        for (i, e) in queue_evts.iter().enumerate() {
             if let Err(err) = ops.add(Events::with_data(
                 e,
                 QUEUE_TOKEN_BASE + i as u32,

@@ -4,6 +4,7 @@
 //! its queue handling), plus its request or packet parsers.
 
 pub mod blk;
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 
@@ -117,6 +118,8 @@ pub enum ActivateError {
 pub struct Activation {
     pub mem: GuestMemory,
     pub queues: Vec<Queue>,
+    /// The queues' notification eventfds (for devices whose backend takes them directly).
+    pub queue_evts: Vec<EventFd>,
     pub interrupt: std::sync::Arc<Interrupt>,
     pub acked_features: u64,
 }
@@ -136,6 +139,11 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self, reg: &mut dyn EventRegistry);
     /// The driver notified queue `index`.
     fn queue_notify(&mut self, index: usize, reg: &mut dyn EventRegistry);
+    /// Whether the event loop handles the queue notifications (false when a vhost-user
+    /// backend takes the kick eventfds itself).
+    fn uses_queue_events(&self) -> bool {
+        true
+    }
     /// Device file descriptors to watch from the start.
     fn init_events(&mut self, _reg: &mut dyn EventRegistry) {}
     /// One of the device's own file descriptors is ready.

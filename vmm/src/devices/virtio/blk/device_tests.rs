@@ -46,6 +46,7 @@ fn run(
             mem: m.clone(),
             queues: vec![q],
             interrupt: Arc::new(Interrupt::new(irq)),
+            queue_evts: Vec::new(),
             acked_features: 0,
         },
         &mut NoRegistry,

@@ -50,6 +50,7 @@ impl<'a> Harness<'a> {
                     evq.create_queue().unwrap(),
                 ],
                 interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+                queue_evts: Vec::new(),
                 acked_features: 0,
             },
             &mut reg,
