@@ -84,6 +84,10 @@ enum Op {
         #[arg(default_value = "SIGTERM")]
         signal: String,
     },
+    /// Freeze all processes of the container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
     /// Run a process inside a running container.
     Exec {
         /// The OCI process (JSON file).
@@ -177,6 +181,14 @@ fn oci(o: Oci) -> Result<i32> {
             } else {
                 container::wait(pid)?
             }
+        }
+        Op::Pause { id } => {
+            container::pause(&o.root, &id, true)?;
+            0
+        }
+        Op::Resume { id } => {
+            container::pause(&o.root, &id, false)?;
+            0
         }
         Op::Delete { force, id } => {
             container::delete(&o.root, &id, force)?;

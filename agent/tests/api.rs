@@ -145,7 +145,7 @@ fn rootfs(dir: &Path, bb: &Path) -> PathBuf {
         std::fs::create_dir_all(r.join(d)).unwrap();
     }
     std::fs::copy(bb, r.join("bin/busybox")).unwrap();
-    for c in ["sh", "cat", "echo", "sleep", "true"] {
+    for c in ["sh", "cat", "echo", "sleep", "true", "test", "stty"] {
         std::os::unix::fs::symlink("busybox", r.join("bin").join(c)).unwrap();
     }
     r
@@ -159,7 +159,9 @@ fn spec(root: &Path, args: &[&str]) -> Vec<u8> {
                     "noNewPrivileges": true},
         "hostname": "api-test",
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
-                   {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}],
+                   {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+                   {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                    "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}],
         "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"}]}
     }))
     .unwrap()
@@ -277,4 +279,71 @@ fn container_lifecycle_with_stdio_exec_and_signals() {
     );
     c.remove_container(ctx(), &cr).unwrap();
     drop(srv);
+}
+
+#[test]
+fn terminal_container_gets_a_pty_with_its_size() {
+    let Some(bb) = can_run_containers() else {
+        return;
+    };
+    let (srv, c) = start_server("tty");
+    let root = rootfs(&srv.dir, &bb);
+    let mut sp: serde_json::Value = serde_json::from_slice(&spec(
+        &root,
+        &["sh", "-c", "test -t 0 && echo isatty; stty size"],
+    ))
+    .unwrap();
+    sp["process"]["terminal"] = true.into();
+    let mut r = creq("t1", &serde_json::to_vec(&sp).unwrap());
+    let mut s = Stdio::new();
+    s.terminal = true;
+    s.stdin = true;
+    s.stdout = true;
+    r.stdio = protobuf::MessageField::some(s);
+    c.create_container(ctx(), &r).unwrap();
+    let mut rs = ResizeTtyRequest::new();
+    rs.container_id = "t1".into();
+    rs.width = 100;
+    rs.height = 30;
+    c.resize_tty(ctx(), &rs).unwrap();
+    let mut cr = ContainerRequest::new();
+    cr.container_id = "t1".into();
+    c.start_container(ctx(), &cr).unwrap();
+    let out = String::from_utf8(read_all(&c, "t1", "", OutputStream::STDOUT)).unwrap();
+    assert_eq!(out, "isatty\r\n30 100\r\n");
+    // exec with a terminal of its own, into a container that is still running
+    let mut r = creq("t2", &spec(&root, &["sleep", "100"]));
+    r.stdio = stdio(false);
+    c.create_container(ctx(), &r).unwrap();
+    let mut cr2 = ContainerRequest::new();
+    cr2.container_id = "t2".into();
+    c.start_container(ctx(), &cr2).unwrap();
+    let mut e = ExecProcessRequest::new();
+    e.container_id = "t2".into();
+    e.exec_id = "x".into();
+    e.process_json = br#"{"terminal":true,"cwd":"/","args":["sh","-c","test -t 1 && echo exec-tty"],"env":["PATH=/bin"],"user":{"uid":0,"gid":0}}"#.to_vec();
+    let mut s = Stdio::new();
+    s.terminal = true;
+    s.stdout = true;
+    e.stdio = protobuf::MessageField::some(s);
+    c.exec_process(ctx(), &e).unwrap();
+    assert_eq!(
+        read_all(&c, "t2", "x", OutputStream::STDOUT),
+        b"exec-tty\r\n"
+    );
+    assert_eq!(
+        c.wait_process(ctx(), &proc_req("t2", "x")).unwrap().status,
+        0
+    );
+    let mut sig = SignalProcessRequest::new();
+    sig.container_id = "t2".into();
+    sig.signal = 9;
+    c.signal_process(ctx(), &sig).unwrap();
+    c.wait_process(ctx(), &proc_req("t2", "")).unwrap();
+    c.remove_container(ctx(), &cr2).unwrap();
+    assert_eq!(
+        c.wait_process(ctx(), &proc_req("t1", "")).unwrap().status,
+        0
+    );
+    c.remove_container(ctx(), &cr).unwrap();
 }

@@ -255,9 +255,35 @@ impl CgroupV2 {
     }
 }
 
+impl CgroupV2 {
+    /// Creates the directory; below the cgroup root, every new level first gets all its
+    /// parent's controllers enabled, so the leaf has the interface files resources need.
+    fn create(&self) -> Result<(), CgroupError> {
+        let Ok(rel) = self.dir.strip_prefix(CGROUP_ROOT) else {
+            return std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir));
+        };
+        let mut cur = PathBuf::from(CGROUP_ROOT);
+        for c in rel.components() {
+            // Best effort: a parent with processes cannot delegate (no internal processes).
+            let _ = enable_all_controllers(&cur);
+            cur.push(c);
+            match std::fs::create_dir(&cur) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(CgroupError::Io {
+                        path: cur,
+                        source: e,
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 impl CgroupManager for CgroupV2 {
     fn apply(&self, pid: i32) -> Result<(), CgroupError> {
-        std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        self.create()?;
         self.write("cgroup.procs", &pid.to_string())
     }
 

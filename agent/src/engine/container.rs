@@ -395,6 +395,26 @@ fn release_init(fifo: &Path, st: &State) -> Result<(), EngineError> {
     }
 }
 
+/// Freezes (pause) or thaws (resume) a running container through its cgroup.
+pub fn pause(root: &Path, id: &str, frozen: bool) -> Result<(), EngineError> {
+    let (st, _) = load(root, id)?;
+    let want = if frozen {
+        Status::Running
+    } else {
+        Status::Paused
+    };
+    if st.status != want {
+        return Err(EngineError::WrongState {
+            id: id.into(),
+            status: st.status,
+            op: if frozen { "pause" } else { "resume" },
+        });
+    }
+    let dir = st.cgroup.ok_or(cgroups::CgroupError::NoV2)?;
+    CgroupV2 { dir }.freeze(frozen)?;
+    Ok(())
+}
+
 /// Sends a signal to the init process.
 pub fn kill(root: &Path, id: &str, sig: Signal, all: bool) -> Result<(), EngineError> {
     let (st, _) = load(root, id)?;

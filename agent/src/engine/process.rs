@@ -175,13 +175,14 @@ fn init_until_ready(cfg: &InitConfig, sync: &mut UnixStream) -> Result<(), InitE
         })?;
     }
     nix::unistd::setsid().map_err(fail("setsid"))?;
-    if let Some(sock) = &cfg.console {
-        setup_console(sock)?;
-    }
     // Device nodes and mount points get exactly the modes the spec asks for.
     // SAFETY: umask only changes this process's file creation mask.
     unsafe { libc::umask(0) };
     rootfs::setup(&LinuxSyscall, &cfg.rootfs).map_err(fail("rootfs"))?;
+    // The pty comes from the container's own devpts instance, as with runc.
+    if let Some(sock) = &cfg.console {
+        setup_console(sock)?;
+    }
     if let Some(h) = &cfg.hostname {
         nix::unistd::sethostname(h).map_err(fail("sethostname"))?;
     }

@@ -423,7 +423,9 @@ impl AgentCore {
 }
 
 /// Receives the pty master the container init sends over the console socket.
-fn receive_master(l: &std::os::unix::net::UnixListener) -> Result<std::fs::File, CoreError> {
+pub(crate) fn receive_master(
+    l: &std::os::unix::net::UnixListener,
+) -> Result<std::fs::File, CoreError> {
     use std::os::fd::{AsRawFd, FromRawFd};
     l.set_nonblocking(true).map_err(io("console socket"))?;
     let (s, _) = l.accept().map_err(io("console accept"))?;

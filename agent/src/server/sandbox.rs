@@ -140,9 +140,9 @@ pub fn exec_process(
             "process needs args and an absolute cwd".into(),
         ));
     }
-    if stdio.terminal {
+    if stdio.terminal != p.terminal().unwrap_or(false) {
         return Err(CoreError::Invalid(
-            "exec with a terminal is not supported yet".into(),
+            "stdio.terminal and process.terminal disagree".into(),
         ));
     }
     if c.execs
@@ -169,13 +169,28 @@ pub fn exec_process(
         what: "process.json".into(),
         source: e,
     })?;
-    let (io, ends) = ProcessIo::pipes(stdio).map_err(|e| CoreError::Io {
-        what: "pipes".into(),
-        source: e,
-    })?;
+    let (io, ends) = if stdio.terminal {
+        (ProcessIo::default(), Default::default())
+    } else {
+        ProcessIo::pipes(stdio).map_err(|e| CoreError::Io {
+            what: "pipes".into(),
+            source: e,
+        })?
+    };
+    let console = dir.join("console.sock");
+    let listener = if stdio.terminal {
+        Some(
+            std::os::unix::net::UnixListener::bind(&console).map_err(|e| CoreError::Io {
+                what: "console socket".into(),
+                source: e,
+            })?,
+        )
+    } else {
+        None
+    };
     let to = |f: Option<OwnedFd>| f.map(Stdio::from).unwrap_or_else(Stdio::null);
-    let child = Command::new(&o.exe)
-        .arg("oci")
+    let mut cmd = Command::new(&o.exe);
+    cmd.arg("oci")
         .arg("--root")
         .arg(o.root.join("state"))
         .arg("--log")
@@ -185,7 +200,11 @@ pub fn exec_process(
         .arg("--process")
         .arg(&pjson)
         .arg("--pid-file")
-        .arg(&pid_file)
+        .arg(&pid_file);
+    if stdio.terminal {
+        cmd.arg("--console-socket").arg(&console);
+    }
+    let child = cmd
         .arg(id)
         .stdin(to(ends.stdin))
         .stdout(to(ends.stdout))
@@ -207,6 +226,15 @@ pub fn exec_process(
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
             .ok_or_else(|| CoreError::State("exec wrote no pid".into()))
+    };
+    let io = match (&result, listener) {
+        (Ok(_), Some(l)) => {
+            ProcessIo::terminal(super::core::receive_master(&l)?).map_err(|e| CoreError::Io {
+                what: "pty".into(),
+                source: e,
+            })?
+        }
+        _ => io,
     };
     let _ = std::fs::remove_dir_all(&dir);
     let pid = result?;
