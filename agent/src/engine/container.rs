@@ -173,6 +173,9 @@ pub fn build_init(
             .filter_map(|n| n.path().clone().map(|p| (ns_flag(n.typ()), p)))
             .collect(),
         new_userns,
+        new_cgroupns: ns
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none()),
         sysctl: linux
             .sysctl()
             .clone()
@@ -221,6 +224,9 @@ pub fn spawn(sp: &Spec, id: &str, cfg: InitConfig) -> Result<(Pid, Option<Cgroup
     let mut flags = CloneFlags::empty();
     for n in &ns {
         match n.path() {
+            // The cgroup namespace is made by init after it joined its cgroup, so that
+            // the namespace's root is the container's cgroup (as runc does).
+            None if n.typ() == LinuxNamespaceType::Cgroup => {}
             None => flags |= ns_flag(n.typ()),
             Some(p) if n.typ() == LinuxNamespaceType::Pid => {
                 // Joining a pid namespace applies to children: join it here, before clone.

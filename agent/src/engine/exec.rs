@@ -83,6 +83,7 @@ pub fn exec(o: &ExecOpts) -> Result<Pid, EngineError> {
         .map(|(_, name, flag)| (*flag, ns_path(st.pid, name)))
         .collect();
     cfg.new_userns = false;
+    cfg.new_cgroupns = false;
     if kinds.contains(&LinuxNamespaceType::Pid) {
         let f = std::fs::File::open(ns_path(st.pid, "pid"))
             .map_err(|e| EngineError::Io(format!("pid namespace of {}: {e}", st.pid)))?;

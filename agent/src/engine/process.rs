@@ -30,6 +30,8 @@ pub struct InitConfig {
     pub join: Vec<(CloneFlags, PathBuf)>,
     /// A new user namespace is created.
     pub new_userns: bool,
+    /// A new cgroup namespace is created (after the cgroup is joined).
+    pub new_cgroupns: bool,
     /// sysctls.
     pub sysctl: Vec<(String, String)>,
     /// rlimits.
@@ -173,6 +175,9 @@ fn init_until_ready(cfg: &InitConfig, sync: &mut UnixStream) -> Result<(), InitE
             step: "setns",
             msg: format!("{}: {e}", path.display()),
         })?;
+    }
+    if cfg.new_cgroupns {
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(fail("unshare cgroup"))?;
     }
     nix::unistd::setsid().map_err(fail("setsid"))?;
     // Device nodes and mount points get exactly the modes the spec asks for.
