@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing husk needs on a fresh Debian 12 machine. Idempotent.
 set -euo pipefail
-pkgs=(qemu-system-x86 busybox-static kmod cpio python3 hyperfine
+pkgs=(qemu-system-x86 busybox-static kmod cpio python3 hyperfine runc crun containerd file
       linux-source-6.12 bc flex bison libelf-dev libssl-dev make gcc xz-utils)
 need=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done

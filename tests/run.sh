@@ -3,6 +3,7 @@
 #   1 deps     apt packages and rust components
 #   2 lint     cargo fmt --check, cargo clippy -D warnings
 #   3 unit     cargo test --workspace (unit + host integration tests)
+#   3b engine  the agent's engine against runc, bundle by bundle (root)
 #   4 kernel   guest kernel (cached outside the checkout)
 #   5 rootfs   guest initramfs with the static agent
 #   6 vm       tests/vm/* inside the nested test host (or directly on hardware KVM)
@@ -10,7 +11,7 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
-PHASES=${PHASES:-deps lint unit kernel rootfs vm}
+PHASES=${PHASES:-deps lint unit engine kernel rootfs vm}
 declare -a times=()
 phase() {
   local name=$1; shift
@@ -24,6 +25,7 @@ phase() {
 phase deps tests/deps.sh
 phase lint bash -c 'cargo fmt --all -- --check && cargo clippy --workspace --all-targets -q -- -D warnings'
 phase unit cargo test --workspace
+phase engine bash -c 'cargo build -q -p husk-agent && tests/engine/diff.sh target/debug/husk-agent'
 phase kernel guest-kernel/build.sh
 phase rootfs rootfs/build.sh
 vm_phase() {

@@ -6,4 +6,3 @@ mib() { awk -v b="$(stat -c %s "$1")" 'BEGIN{printf "%.2f", b/1048576}'; }
 echo "BENCH guest_bzimage_mib $(mib "$g/bzImage") MiB"
 echo "BENCH guest_vmlinux_mib $(mib "$g/vmlinux") MiB"
 echo "BENCH guest_rootfs_mib $(mib "$g/rootfs.cpio") MiB"
-echo "BENCH agent_static_binary_mib $(mib "$g/husk-agent") MiB"
