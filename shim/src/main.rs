@@ -5,7 +5,10 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    if let Err(e) = rt.block_on(husk_shim::server::run()) {
+    let result = rt.block_on(husk_shim::server::run());
+    // Do not wait for blocking threads (a stdin FIFO nobody opened): the work is done.
+    rt.shutdown_background();
+    if let Err(e) = result {
         eprintln!("{}: {e}", husk_shim::RUNTIME_TYPE);
         std::process::exit(1);
     }

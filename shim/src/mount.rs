@@ -113,7 +113,16 @@ impl<M: MountOps> MountShare<M> {
     }
 
     /// Mounts containerd's rootfs mounts (the snapshotter's overlay) on `<bundle>/rootfs`.
-    fn mount_rootfs(&self, bundle: &Path, rootfs: &[RootfsMount]) -> Result<PathBuf> {
+    /// Without mounts (`ctr run --rootfs DIR`) the spec's root directory is used as is.
+    fn mount_rootfs(
+        &self,
+        bundle: &Path,
+        rootfs: &[RootfsMount],
+        root: PathBuf,
+    ) -> Result<PathBuf> {
+        if rootfs.is_empty() {
+            return Ok(root);
+        }
         let target = bundle.join("rootfs");
         for m in rootfs {
             let (mut flags, mut data) = (MsFlags::empty(), Vec::new());
@@ -191,13 +200,14 @@ impl<M: MountOps> RootfsShare for MountShare<M> {
         rootfs: &[RootfsMount],
         spec: &mut BundleSpec,
     ) -> Result<()> {
+        let root = spec.root_path(bundle);
         let binds = rewrite_spec(id, spec)?;
         let dir = container_dir(pod_dir, id);
         let root_dst = dir.join("rootfs");
         self.ops
             .mkdir(&root_dst)
             .map_err(Self::err(format!("creating {}", root_dst.display())))?;
-        let root_src = self.mount_rootfs(bundle, rootfs)?;
+        let root_src = self.mount_rootfs(bundle, rootfs, root)?;
         self.bind(&root_src, &root_dst, spec.root_readonly())?;
         for (i, src, ro) in binds {
             let dst = dir.join("mounts").join(i.to_string());
@@ -369,6 +379,25 @@ mod tests {
             "remove /p/mounts".into()
         ]));
         assert!(log.contains(&"umount /b/rootfs".to_string()));
+    }
+
+    #[test]
+    fn ctr_run_rootfs_dir_is_bound_as_is() {
+        let rec = Rec::default();
+        let s = MountShare::new(&rec);
+        let mut spec =
+            BundleSpec::from_slice(br#"{"root":{"path":"/srv/root"}}"#, "/b/config.json".into())
+                .unwrap();
+        s.share(Path::new("/p"), "c1", Path::new("/b"), &[], &mut spec)
+            .unwrap();
+        let log = rec.log.lock().unwrap();
+        assert_eq!(
+            *log,
+            [
+                "mkdir /p/mounts/c1/rootfs",
+                "mount /srv/root /p/mounts/c1/rootfs  MS_BIND | MS_REC ",
+            ]
+        );
     }
 
     #[test]

@@ -179,7 +179,8 @@ pub async fn serve(flags: &Flags) -> Result<(), BootError> {
         _ = term.recv() => pod.force_stop("SIGTERM").await,
         _ = int.recv() => pod.force_stop("SIGINT").await,
     }
-    let _ = server.shutdown().await;
+    // containerd still holds its connection: do not wait for it to go.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server.shutdown()).await;
     let _ = std::fs::remove_file(socket_path(&flags.socket));
     Ok(())
 }

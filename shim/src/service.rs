@@ -344,7 +344,12 @@ impl PodService {
                 .wait_process(&pref)
                 .await
                 .unwrap_or(VM_DIED_EXIT_STATUS);
-            io.lock().await.drain(OUTPUT_DRAIN).await;
+            {
+                let mut io = io.lock().await;
+                io.drain(OUTPUT_DRAIN).await;
+                // Releases a stdin reader still waiting for containerd's side.
+                io.close_stdin();
+            }
             if status.exit(code) {
                 events
                     .publish(exit_event(&pref.container_id, &pref, pid, &status))

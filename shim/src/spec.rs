@@ -109,6 +109,17 @@ impl BundleSpec {
             .unwrap_or(false)
     }
 
+    /// `root.path`, resolved against the bundle when relative (default `rootfs`).
+    pub fn root_path(&self, bundle: &Path) -> PathBuf {
+        let p = self
+            .raw
+            .get("root")
+            .and_then(|r| r.get("path"))
+            .and_then(Value::as_str)
+            .unwrap_or("rootfs");
+        bundle.join(p)
+    }
+
     pub fn root_readonly(&self) -> bool {
         self.raw
             .get("root")
@@ -188,6 +199,9 @@ mod tests {
         );
         assert!(s.terminal());
         assert!(s.root_readonly());
+        assert_eq!(s.root_path(Path::new("/b")), PathBuf::from("/b/rootfs"));
+        let abs = spec(r#"{"root":{"path":"/srv/root"}}"#);
+        assert_eq!(abs.root_path(Path::new("/b")), PathBuf::from("/srv/root"));
         assert_eq!(s.annotations().get("a").map(String::as_str), Some("b"));
         assert_eq!(s.annotations().len(), 1);
         assert_eq!(s.cpu_quota_period(), Some((150000, 100000)));

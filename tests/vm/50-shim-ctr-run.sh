@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The shim end to end with Debian's containerd 1.6: `ctr run --runtime io.containerd.husk.v2`
+# boots a husk VM per container and runs busybox in it: output, exit codes 0/1/137, stdin
+# piped, the guest's kernel, and nothing left running or mounted afterwards.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+command -v containerd >/dev/null && command -v ctr >/dev/null || skip "containerd not installed (apt-get install containerd)"
+bin() { # bin NAME ENVVAR: the first built copy of NAME
+  local n=$1 v=${!2:-} c
+  [ -n "$v" ] && { echo "$v"; return; }
+  for c in "$top/target/debug/$n" "$top/target/release/$n" "${CARGO_TARGET_DIR:-/nonexistent}/debug/$n" /usr/local/bin/"$n"; do
+    [ -x "$c" ] && { echo "$c"; return; }
+  done
+}
+shim=$(bin containerd-shim-husk-v2 HUSK_SHIM); [ -n "$shim" ] || fail "no containerd-shim-husk-v2: run make"
+vmm=$(bin husk-vmm HUSK_VMM); [ -n "$vmm" ] || fail "no husk-vmm: run make"
+vfsd=${HUSK_VIRTIOFSD:-$(command -v virtiofsd || echo "$HOME/.cargo/bin/virtiofsd")}
+[ -x "$vfsd" ] || skip "no virtiofsd (cargo install virtiofsd)"
+[ -d "$top/vmm/src/devices/virtio/fs" ] || skip "husk-vmm has no virtio-fs device yet: a container cannot get its rootfs into the VM"
+[ -f "$guest/vmlinux" ] && [ -f "$guest/rootfs.cpio" ] || fail "missing $guest/{vmlinux,rootfs.cpio}: run make"
+busybox=$(command -v busybox) || skip "no busybox (apt-get install busybox-static)"
+ldd "$busybox" 2>&1 | grep -q '=>' && skip "$busybox is not static (apt-get install busybox-static)"
+
+w=$(mktemp -d /tmp/husk-shim-test.XXXXXX)
+cleanup() {
+  [ -f "$w/containerd.pid" ] && kill "$(cat "$w/containerd.pid")" 2>/dev/null || true
+  sleep 0.5
+  grep -q "$w" /proc/mounts && awk -v w="$w" '$2 ~ w {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
+  rm -rf "$w"
+}
+trap cleanup EXIT
+mkdir -p "$w/bin" "$w/rootfs/bin" "$w/run"
+ln -s "$shim" "$w/bin/containerd-shim-husk-v2"
+cp "$busybox" "$w/rootfs/bin/busybox"
+for c in sh echo cat uname true; do ln -s busybox "$w/rootfs/bin/$c"; done
+cat > "$w/husk.toml" <<TOML
+kernel = "$guest/vmlinux"
+rootfs = "$guest/rootfs.cpio"
+vmm = "$vmm"
+virtiofsd = "$vfsd"
+state_dir = "$w/run"
+debug_console = true
+boot_timeout_secs = 120
+log_level = "debug"
+TOML
+cat > "$w/containerd.toml" <<TOML
+version = 2
+root = "$w/root"
+state = "$w/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$w/c.sock"
+TOML
+HUSK_CONFIG=$w/husk.toml PATH=$w/bin:$PATH setsid containerd -c "$w/containerd.toml" >"$w/containerd.log" 2>&1 &
+echo $! > "$w/containerd.pid"
+for _ in $(seq 100); do [ -S "$w/c.sock" ] && break; sleep 0.1; done
+ctr_run() { # ctr_run ID ARGS...: runs busybox ARGS in a husk VM
+  local id=$1; shift
+  timeout 300 ctr -a "$w/c.sock" run --rm --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" "$id" "$@"
+}
+show_logs() { tail -20 "$w/containerd.log"; for f in "$w"/run/*/console.log "$w"/run/*/vmm.log; do [ -f "$f" ] && { echo "== $f"; tail -20 "$f"; }; done; }
+trap 'show_logs; cleanup' ERR
+
+t0=$(date +%s%N)
+out=$(ctr_run t-echo /bin/echo hello-from-husk)
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+[ "$out" = "hello-from-husk" ] || fail "echo printed '$out'"
+echo "ctr run echo: ${ms} ms"
+
+host_kernel=$(uname -r)
+guest_kernel=$(ctr_run t-uname /bin/uname -r)
+echo "host kernel $host_kernel, guest kernel $guest_kernel"
+[ -n "$guest_kernel" ] && [ "$guest_kernel" != "$host_kernel" ] || fail "the container did not run on husk's kernel"
+
+set +e
+ctr_run t-exit1 /bin/sh -c 'exit 1'; rc1=$?
+ctr_run t-kill /bin/sh -c 'kill -9 $$'; rc137=$?
+set -e
+[ "$rc1" = 1 ] || fail "exit 1 came back as $rc1"
+[ "$rc137" = 137 ] || fail "kill -9 came back as $rc137"
+
+out=$(echo piped-stdin | ctr_run t-cat /bin/cat)
+[ "$out" = "piped-stdin" ] || fail "cat echoed '$out'"
+
+sleep 1
+pgrep -f "$vmm run --config $w" && fail "a husk-vmm is still running"
+pgrep -f "containerd-shim-husk-v2.*-namespace" && fail "a shim is still running"
+grep -q "$w/run" /proc/mounts && fail "mounts left under $w/run"
+echo "shim: ctr run exit codes 0/1/137, stdin, guest kernel: ok"

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# The shim with Debian's containerd and the real husk-agent, without a VM: the "vmm" is a
+# stand-in that answers the vsock handshake and splices the stream to `husk-agent serve`
+# on a Unix socket, and the "virtiofsd" binds the pod's shared directory where the agent
+# looks for it (/run/husk/shared). So containerd -> shim -> agent API -> container engine
+# run for real: output, exit codes 0/1/137, stdin piped, exec, kill, pause/resume.
+# Runs inside the nested test host (cgroup v2 alone) or any root host with cgroup v2.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+[ "$(id -u)" = 0 ] || skip "needs root"
+command -v containerd >/dev/null && command -v ctr >/dev/null || skip "containerd not installed (apt-get install containerd)"
+[ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] || skip "needs cgroup v2 alone (run in the nested test host)"
+bin() { # bin NAME ENVVAR: the first built copy of NAME
+  local n=$1 v=${!2:-} c
+  [ -n "$v" ] && { echo "$v"; return; }
+  for c in "$top/target/debug/$n" "$top/target/release/$n" "${CARGO_TARGET_DIR:-/nonexistent}/debug/$n" "$guest/$n"; do
+    [ -x "$c" ] && { echo "$c"; return; }
+  done
+}
+shim=$(bin containerd-shim-husk-v2 HUSK_SHIM); [ -n "$shim" ] || fail "no containerd-shim-husk-v2: run make"
+agent=$(bin husk-agent HUSK_AGENT); [ -n "$agent" ] || fail "no husk-agent: run make"
+busybox=$(command -v busybox) || skip "no busybox (apt-get install busybox-static)"
+[ -e /run/husk/shared ] && grep -q ' /run/husk/shared ' /proc/mounts && skip "/run/husk/shared is in use"
+
+w=$(mktemp -d /tmp/husk-shim-host.XXXXXX)
+cleanup() {
+  for p in "$w"/*.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done
+  sleep 0.5
+  while umount -l /run/husk/shared 2>/dev/null; do :; done
+  awk -v w="$w" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
+  rm -rf "$w"
+}
+trap cleanup EXIT
+mkdir -p "$w/bin" "$w/rootfs/bin" "$w/rootfs/proc" "$w/rootfs/dev" "$w/rootfs/sys" "$w/run"
+ln -s "$shim" "$w/bin/containerd-shim-husk-v2"
+cp "$busybox" "$w/rootfs/bin/busybox"
+for c in sh echo cat sleep true; do ln -s busybox "$w/rootfs/bin/$c"; done
+
+cat > "$w/bin/vmm" <<'PY'
+#!/usr/bin/env python3
+# husk-vmm stand-in: serves CONNECT <port> on the vsock socket and splices to the agent.
+import json, os, socket, sys, threading, time
+log = open(os.environ["HUSK_TEST_TRACE"], "a", buffering=1)
+log.write(f"{time.time():.3f} vmm stand-in started: {sys.argv}\n")
+cfg = json.load(open(sys.argv[3]))
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(cfg["vsock"]["socket"])
+srv.listen(16)
+log.write(f"{time.time():.3f} listening on {cfg['vsock']['socket']}\n")
+def pipe(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d:
+                break
+            b.sendall(d)
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+while True:
+    c, _ = srv.accept()
+    line = b""
+    while not line.endswith(b"\n"):
+        ch = c.recv(1)
+        if not ch:
+            break
+        line += ch
+    log.write(f"{time.time():.3f} {line!r}\n")
+    a = socket.socket(socket.AF_UNIX)
+    a.connect(os.environ["HUSK_TEST_AGENT_SOCKET"])
+    c.sendall(b"OK 1073741824\n")
+    threading.Thread(target=pipe, args=(c, a), daemon=True).start()
+    threading.Thread(target=pipe, args=(a, c), daemon=True).start()
+PY
+cat > "$w/bin/virtiofsd" <<'SH'
+#!/bin/sh
+# virtiofsd stand-in: the guest would mount the share at /run/husk/shared; bind it there.
+for a; do case $a in --socket-path=*) sock=${a#*=};; --shared-dir=*) dir=${a#*=};; esac; done
+# One pod at a time here: drop the previous pod's binding first.
+while umount -l /run/husk/shared 2>/dev/null; do :; done
+mkdir -p /run/husk/shared && mount --bind "$dir" /run/husk/shared || { grep husk /proc/self/mountinfo >&2; exit 1; }
+: > "$sock"
+exec sleep 100000
+SH
+chmod +x "$w/bin/vmm" "$w/bin/virtiofsd"
+cat > "$w/husk.toml" <<TOML
+vmm = "$w/bin/vmm"
+virtiofsd = "$w/bin/virtiofsd"
+state_dir = "$w/run"
+boot_timeout_secs = 90
+log_level = "debug"
+TOML
+cat > "$w/containerd.toml" <<TOML
+version = 2
+root = "$w/root"
+state = "$w/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$w/c.sock"
+TOML
+# The agent on a host puts containers below /sys/fs/cgroup/husk; delegate the controllers
+# to that level (in the guest the agent does this for itself).
+mkdir -p /sys/fs/cgroup/husk
+for ctl in $(cat /sys/fs/cgroup/cgroup.controllers); do echo "+$ctl" > /sys/fs/cgroup/husk/cgroup.subtree_control 2>/dev/null || true; done
+"$agent" serve --address "unix://$w/agent.sock" --root "$w/agent-root" >"$w/agent.log" 2>&1 &
+echo $! > "$w/agent.pid"
+HUSK_TEST_TRACE=$w/vmm-trace.log HUSK_TEST_AGENT_SOCKET=$w/agent.sock HUSK_CONFIG=$w/husk.toml PATH=$w/bin:$PATH \
+  setsid containerd -c "$w/containerd.toml" >"$w/containerd.log" 2>&1 &
+echo $! > "$w/containerd.pid"
+for _ in $(seq 100); do [ -S "$w/c.sock" ] && [ -S "$w/agent.sock" ] && break; sleep 0.1; done
+show_logs() { echo "== containerd"; grep -v 'level=info msg="loading plugin' "$w/containerd.log" | tail -25; echo "== agent"; tail -20 "$w/agent.log"; echo "== vmm stand-in"; tail -20 "$w/vmm-trace.log"; }
+trap 'show_logs' ERR
+c() { timeout 120 ctr -a "$w/c.sock" "$@"; }
+# --cgroup "": no cgroupsPath (the agent on a host must not touch the host's own cgroups)
+run() { local id=$1; shift; c run --rm --cgroup "" --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" "$id" "$@"; }
+
+out=$(run t-echo /bin/echo hello-from-husk </dev/null)
+[ "$out" = "hello-from-husk" ] || fail "echo printed '$out'"
+set +e
+run t-exit1 /bin/sh -c 'exit 1' </dev/null; rc1=$?
+set -e
+[ "$rc1" = 1 ] || fail "exit 1 came back as $rc1"
+# ctr task kill -s SIGKILL: the waiting `ctr run` sees 137
+run t-kill /bin/sleep 1000 </dev/null & runpid=$!
+for _ in $(seq 300); do c task ls 2>/dev/null | grep -qE '^t-kill +[0-9]+ +RUNNING' && break; sleep 0.1; done
+c task kill -s SIGKILL t-kill
+set +e; wait "$runpid"; rc137=$?; set -e
+[ "$rc137" = 137 ] || fail "SIGKILL came back as $rc137"
+out=$(echo piped-stdin | run t-cat /bin/cat)
+[ "$out" = "piped-stdin" ] || fail "cat echoed '$out'"
+big=$(run t-big /bin/sh -c 'i=0; while [ $i -lt 20000 ]; do echo line-$i; i=$((i+1)); done' </dev/null | wc -l)
+[ "$big" = 20000 ] || fail "large output: $big of 20000 lines"
+
+# a long-running task: exec, pause/resume, kill
+c run -d --cgroup "" --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" t-long /bin/sleep 1000 </dev/null
+out=$(c task exec --exec-id e1 t-long /bin/echo exec-ok </dev/null)
+[ "$out" = "exec-ok" ] || fail "exec printed '$out'"
+c task pause t-long
+c task ls | grep -E '^t-long +[0-9]+ +PAUSED' >/dev/null || fail "not paused: $(c task ls)"
+c task resume t-long
+c task ls | grep -E '^t-long +[0-9]+ +RUNNING' >/dev/null || fail "not running: $(c task ls)"
+c task kill -s SIGKILL t-long
+for _ in $(seq 50); do c task ls | grep -q 'STOPPED' && break; sleep 0.1; done
+c task ls | grep -E '^t-long +[0-9]+ +STOPPED' >/dev/null || fail "not stopped: $(c task ls)"
+c task delete t-long
+c container delete t-long
+
+for _ in $(seq 100); do pgrep -f "containerd-shim-husk-v2 -namespace" >/dev/null || break; sleep 0.1; done
+pgrep -af "containerd-shim-husk-v2 -namespace" && fail "a shim is still running"
+pgrep -f "$w/bin/vmm" >/dev/null && fail "a vmm stand-in is still running"
+grep -q " $w/run" /proc/mounts && fail "mounts left under $w/run"
+echo "shim+agent on a host: exit codes 0/1/137, stdin, 20000 lines, exec, pause/resume, kill: ok"
