@@ -9,6 +9,8 @@
 //!   through it); then connects to host port 5000 and sends a greeting.
 //! - `fs`: mounts the virtio-fs tag `husk` at /mnt, reads `hello.txt`, writes
 //!   `from-guest.txt`.
+//! - `net`: gives eth0 the address 172.30.0.2/24 and brings it up, then waits (the host
+//!   pings it).
 //! - `reboot`: reboots (the vmm exits 0); `panic`: exits, so the kernel panics (exit 4).
 
 #![allow(clippy::unwrap_used)]
@@ -139,6 +141,65 @@ fn vsock() -> Result<(), String> {
     Ok(())
 }
 
+#[repr(C)]
+struct IfReqAddr {
+    name: [u8; 16],
+    addr: libc::sockaddr_in,
+    pad: [u8; 8],
+}
+
+#[repr(C)]
+struct IfReqFlags {
+    name: [u8; 16],
+    flags: libc::c_short,
+    pad: [u8; 22],
+}
+
+fn net_up() -> Result<(), String> {
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    let mut name = [0u8; 16];
+    name[..4].copy_from_slice(b"eth0");
+    let sin = |a: [u8; 4]| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a),
+        },
+        sin_zero: [0; 8],
+    };
+    for (req, a) in [
+        (libc::SIOCSIFADDR, [172, 30, 0, 2]),
+        (libc::SIOCSIFNETMASK, [255, 255, 255, 0]),
+    ] {
+        let mut r = IfReqAddr {
+            name,
+            addr: sin(a),
+            pad: [0; 8],
+        };
+        // SAFETY: the request takes an ifreq with a sockaddr, which `r` is.
+        if unsafe { libc::ioctl(fd, req as _, &mut r) } < 0 {
+            return Err(format!(
+                "ioctl {req:#x}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    let mut r = IfReqFlags {
+        name,
+        flags: (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short,
+        pad: [0; 22],
+    };
+    // SAFETY: SIOCSIFFLAGS takes an ifreq with flags, which `r` is.
+    if unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &mut r) } < 0 {
+        return Err(format!("SIOCSIFFLAGS: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 fn main() {
     mount("proc", "/proc", "proc");
     mount("sysfs", "/sys", "sysfs");
@@ -172,9 +233,13 @@ fn main() {
                 let c = |s: &str| std::ffi::CString::new(s).unwrap();
                 let (s, t, f) = (c("husk"), c("/mnt"), c("virtiofs"));
                 // SAFETY: valid NUL-terminated strings.
-                let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) };
+                let rc =
+                    unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) };
                 if rc != 0 {
-                    say(&format!("fs FAILED mount: {}", std::io::Error::last_os_error()));
+                    say(&format!(
+                        "fs FAILED mount: {}",
+                        std::io::Error::last_os_error()
+                    ));
                     continue;
                 }
                 match std::fs::read_to_string("/mnt/hello.txt") {
@@ -186,6 +251,10 @@ fn main() {
                     Err(e) => say(&format!("fs FAILED write: {e}")),
                 }
             }
+            "net" => match net_up() {
+                Ok(()) => say("net up 172.30.0.2"),
+                Err(e) => say(&format!("net FAILED {e}")),
+            },
             "reboot" => {
                 say("rebooting");
                 // SAFETY: reboot(2) as PID 1; it does not return on success.

@@ -82,8 +82,8 @@ pub enum VmmError {
     Event(String),
     #[error("{0}")]
     Fs(#[from] crate::devices::virtio::fs::FsError),
-    #[error("virtio-net is not implemented yet")]
-    Unsupported,
+    #[error("{0}")]
+    Net(#[from] crate::devices::virtio::net::NetError),
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
@@ -201,9 +201,6 @@ impl TryFrom<&VmConfig> for Vmm {
     fn try_from(cfg: &VmConfig) -> Result<Vmm, VmmError> {
         cfg.validate()?;
         ensure_usable_kvm(cfg.force)?;
-        if !cfg.net.is_empty() {
-            return Err(VmmError::Unsupported);
-        }
         block_stop_signals().map_err(|e| io("blocking stop signals")(e.into()))?;
         let kernel_path = cfg
             .kernel
@@ -268,6 +265,9 @@ impl TryFrom<&VmConfig> for Vmm {
         }
         if let Some(v) = &cfg.vsock {
             b.attach_virtio(crate::devices::virtio::vsock::Vsock::new(v)?)?;
+        }
+        for n in &cfg.net {
+            b.attach_virtio(crate::devices::virtio::net::Net::new(n)?)?;
         }
         for f in &cfg.fs {
             b.attach_virtio(crate::devices::virtio::fs::Fs::new(f)?)?;

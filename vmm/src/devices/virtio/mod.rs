@@ -6,6 +6,7 @@
 pub mod blk;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::os::fd::RawFd;

@@ -7,7 +7,7 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::QueueT;
-use vm_memory::GuestMemoryBackend;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -114,6 +114,14 @@ impl Fs {
             .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<Result<Vec<_>, _>>()?;
         self.frontend.set_mem_table(&regions)?;
+        // Ring addresses travel as addresses in our address space (the backend translates
+        // them through the memory table's userspace_addr), not as guest addresses.
+        let host = |gpa: u64| -> Result<u64, vhost::Error> {
+            a.mem
+                .get_host_address(GuestAddress(gpa))
+                .map(|p| p as u64)
+                .map_err(|_| vhost::Error::InvalidGuestMemory)
+        };
         for (i, (q, kick)) in a.queues.iter().zip(&a.queue_evts).enumerate() {
             self.frontend.set_vring_num(i, q.size())?;
             self.frontend.set_vring_addr(
@@ -122,9 +130,9 @@ impl Fs {
                     queue_max_size: q.max_size(),
                     queue_size: q.size(),
                     flags: 0,
-                    desc_table_addr: q.desc_table(),
-                    used_ring_addr: q.used_ring(),
-                    avail_ring_addr: q.avail_ring(),
+                    desc_table_addr: host(q.desc_table())?,
+                    used_ring_addr: host(q.used_ring())?,
+                    avail_ring_addr: host(q.avail_ring())?,
                     log_addr: None,
                 },
             )?;

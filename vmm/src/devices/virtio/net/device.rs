@@ -1,0 +1,227 @@
+//! The virtio-net device model: queue 0 receives (tap -> guest), queue 1 transmits
+//! (guest -> tap). Frames go through one fixed buffer each way.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::epoll::EventSet;
+
+use super::{parse_mac, tap, NetError, HDR_LEN, MAX_FRAME, VIRTIO_NET_F_MAC};
+use crate::config::NetConfig;
+use crate::devices::virtio::{
+    read_config_bytes, ActivateError, Activation, EventRegistry, Interrupt, VirtioDevice,
+    INT_USED_RING, TYPE_NET,
+};
+use crate::memory::GuestMemory;
+
+pub const RXQ: usize = 0;
+pub const TXQ: usize = 1;
+pub const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE; 2];
+const TOKEN_TAP: u32 = 0;
+
+struct Active {
+    mem: GuestMemory,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<Interrupt>,
+}
+
+enum State {
+    Inactive,
+    Active(Active),
+}
+
+pub struct Net {
+    tap: File,
+    config: [u8; 6],
+    state: State,
+    /// A frame read from the tap that found no RX buffer yet.
+    pending: Option<usize>,
+    /// Whether the tap's readability is watched (dropped while RX buffers run out).
+    watching: bool,
+    rx_buf: Vec<u8>,
+    tx_buf: Vec<u8>,
+}
+
+impl Net {
+    pub fn new(cfg: &NetConfig) -> Result<Net, NetError> {
+        let mac = match &cfg.mac {
+            Some(m) => parse_mac(m)?,
+            None => [0x06, 0x00, 0x48, 0x55, 0x53, 0x4b],
+        };
+        Ok(Net::with_tap(tap::open(&cfg.tap)?, mac))
+    }
+
+    /// A device over any tap-like file (tests use a socket pair).
+    pub fn with_tap(tap: File, mac: [u8; 6]) -> Net {
+        Net {
+            tap,
+            config: mac,
+            state: State::Inactive,
+            pending: None,
+            watching: true,
+            rx_buf: vec![0u8; MAX_FRAME],
+            tx_buf: vec![0u8; MAX_FRAME],
+        }
+    }
+
+    /// Sends the guest's frames to the tap; returns how many chains were consumed.
+    pub fn process_tx(&mut self) -> usize {
+        let State::Active(a) = &mut self.state else {
+            return 0;
+        };
+        let mem = a.mem.clone();
+        let mut used = 0;
+        while let Some(chain) = a.tx.pop_descriptor_chain(&mem) {
+            let head = chain.head_index();
+            if let Ok(mut r) = chain.reader(&mem) {
+                let len = r.available_bytes();
+                // Oversized or header-less frames are dropped, not truncated.
+                if (HDR_LEN..=MAX_FRAME).contains(&len)
+                    && r.read_exact(&mut self.tx_buf[..len]).is_ok()
+                {
+                    // A full tap queue drops the frame, as a NIC would.
+                    let _ = self.tap.write(&self.tx_buf[..len]);
+                }
+            }
+            if a.tx.add_used(&mem, head, 0).is_err() {
+                break;
+            }
+            used += 1;
+        }
+        if used > 0 {
+            a.interrupt.signal(INT_USED_RING);
+        }
+        used
+    }
+
+    /// Moves frames from the tap into RX buffers until either runs out.
+    pub fn process_rx(&mut self, reg: &mut dyn EventRegistry) -> usize {
+        let State::Active(a) = &mut self.state else {
+            return 0;
+        };
+        let mem = a.mem.clone();
+        let mut used = 0;
+        loop {
+            let len = match self.pending.take() {
+                Some(l) => l,
+                None => match self.tap.read(&mut self.rx_buf) {
+                    Ok(n) if n >= HDR_LEN => n,
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                },
+            };
+            let Some(chain) = a.rx.pop_descriptor_chain(&mem) else {
+                // No buffer: keep the frame and stop watching the tap until the guest
+                // adds buffers (else epoll would report it readable forever).
+                self.pending = Some(len);
+                if self.watching {
+                    reg.modify(self.tap.as_raw_fd(), TOKEN_TAP, EventSet::empty());
+                    self.watching = false;
+                }
+                break;
+            };
+            let head = chain.head_index();
+            let written = match chain.writer(&mem) {
+                Ok(mut w) if w.available_bytes() >= len => {
+                    // num_buffers = 1 (no mergeable RX buffers).
+                    self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+                    if w.write_all(&self.rx_buf[..len]).is_ok() {
+                        len as u32
+                    } else {
+                        0
+                    }
+                }
+                // Buffer too small or unusable: the frame is dropped.
+                _ => 0,
+            };
+            if a.rx.add_used(&mem, head, written).is_err() {
+                break;
+            }
+            used += 1;
+        }
+        if used > 0 {
+            a.interrupt.signal(INT_USED_RING);
+        }
+        used
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_NET_F_MAC
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data)
+    }
+
+    fn activate(&mut self, a: Activation, _: &mut dyn EventRegistry) -> Result<(), ActivateError> {
+        let mut queues = a.queues.into_iter();
+        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
+            return Err(ActivateError::InvalidQueue(TXQ));
+        };
+        self.state = State::Active(Active {
+            mem: a.mem,
+            rx,
+            tx,
+            interrupt: a.interrupt,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self, _: &mut dyn EventRegistry) {
+        self.state = State::Inactive;
+        self.pending = None;
+    }
+
+    fn queue_notify(&mut self, index: usize, reg: &mut dyn EventRegistry) {
+        match index {
+            TXQ => {
+                self.process_tx();
+            }
+            RXQ => {
+                if !self.watching {
+                    reg.modify(self.tap.as_raw_fd(), TOKEN_TAP, EventSet::IN);
+                    self.watching = true;
+                }
+                self.process_rx(reg);
+            }
+            _ => {}
+        }
+    }
+
+    fn init_events(&mut self, reg: &mut dyn EventRegistry) {
+        reg.add(self.tap.as_raw_fd(), TOKEN_TAP, EventSet::IN);
+    }
+
+    fn process_event(&mut self, token: u32, _: EventSet, reg: &mut dyn EventRegistry) {
+        if token != TOKEN_TAP {
+            return;
+        }
+        if matches!(self.state, State::Active(_)) {
+            self.process_rx(reg);
+        } else {
+            // Nobody to deliver to yet: drain so the loop does not spin.
+            while matches!(self.tap.read(&mut self.rx_buf), Ok(n) if n > 0) {}
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;

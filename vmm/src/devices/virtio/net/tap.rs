@@ -1,0 +1,62 @@
+//! Opening a tap device (`/dev/net/tun`, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), nonblocking.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+use super::{NetError, HDR_LEN};
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: libc::c_short,
+    pad: [u8; 22],
+}
+
+/// Opens (or creates, given the privilege) the tap `name`.
+pub fn open(name: &str) -> Result<File, NetError> {
+    let err = |err| NetError::Tap {
+        name: name.into(),
+        err,
+    };
+    if name.is_empty() || name.len() >= 16 {
+        return Err(err(std::io::Error::from(std::io::ErrorKind::InvalidInput)));
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(err)?;
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+        pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is (name, flags, padding).
+    if unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    let hdr = HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one int.
+    if unsafe { libc::ioctl(f.as_raw_fd(), TUNSETVNETHDRSZ, &hdr) } < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bad_names_refused() {
+        assert!(super::open("").is_err());
+        assert!(super::open("a-name-far-too-long").is_err());
+    }
+}
