@@ -118,12 +118,44 @@ pub fn loopback_up() -> Result<(), InitError> {
     Ok(())
 }
 
+/// Bind-mounts the agent's own binary read-only over itself, so nothing (not even a
+/// root process of a container reaching it through `/proc/<pid>/exe`) can rewrite it.
+pub fn protect_binary() -> Result<(), InitError> {
+    use nix::mount::MsFlags;
+    let exe = std::fs::read_link("/proc/self/exe").map_err(|e| InitError {
+        step: "protect binary",
+        path: "/proc/self/exe".into(),
+        source: e,
+    })?;
+    let err = |e: nix::errno::Errno| InitError {
+        step: "protect binary",
+        path: exe.display().to_string(),
+        source: e.into(),
+    };
+    nix::mount::mount(
+        Some(&exe),
+        &exe,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(err)?;
+    nix::mount::mount(
+        None::<&str>,
+        &exe,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(err)
+}
+
 /// PID 1: base mounts, cgroup controllers for children, loopback, then the agent API on
 /// vsock. Never returns; a fatal error is printed and the VM is halted.
 pub fn run_as_pid1() -> ! {
     let mut out = std::io::stdout();
     type Step<'a> = (&'a str, &'a dyn Fn() -> Result<(), String>);
-    let steps: [Step; 3] = [
+    let steps: [Step; 4] = [
         ("mounts", &|| mount_base().map_err(|e| e.to_string())),
         ("cgroups", &|| {
             crate::engine::cgroups::enable_all_controllers(std::path::Path::new(
@@ -132,6 +164,9 @@ pub fn run_as_pid1() -> ! {
             .map_err(|e| e.to_string())
         }),
         ("loopback", &|| loopback_up().map_err(|e| e.to_string())),
+        ("protect binary", &|| {
+            protect_binary().map_err(|e| e.to_string())
+        }),
     ];
     for (name, f) in steps {
         if let Err(e) = f() {

@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root.
 
+pub mod client;
 pub mod engine;
 pub mod init;
 pub mod server;

@@ -17,6 +17,15 @@ struct Cli {
 enum Cmd {
     /// Run the engine like runc (for host tests and comparisons).
     Oci(Oci),
+    /// Ask a running agent who it is (health check and guest details).
+    Ctl {
+        /// `unix:///path` or `vsock://cid:port`.
+        #[arg(long)]
+        address: String,
+        /// Keep retrying the connection this long (seconds).
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
     /// Serve the agent API on a Unix socket (host tests) or vsock (`vsock://-1:1024`).
     Serve {
         /// `unix:///path` or `vsock://cid:port`.
@@ -227,6 +236,11 @@ fn main() -> Result<()> {
                     std::process::exit(1)
                 }
             }
+        }
+        Some(Cmd::Ctl { address, timeout }) => {
+            let line =
+                husk_agent::client::describe(&address, std::time::Duration::from_secs(timeout))?;
+            println!("{line}");
         }
         Some(Cmd::Serve { address, root }) => husk_agent::server::serve(&address, &root)?,
         None => {

@@ -71,6 +71,7 @@ check io-weight 's["process"]["args"]=["sh","-c","cat /sys/fs/cgroup/io.weight 2
 DEV=$(for d in /sys/block/*; do case $(basename "$d") in loop*|ram*|zram*) ;; *) cat "$d/dev"; break;; esac; done 2>/dev/null)
 LOOP=
 if [ -z "$DEV" ] && command -v losetup >/dev/null; then
+    modprobe loop 2>/dev/null || true
     # No disk here (the nested host runs from 9p): a loop device is a block device too.
     truncate -s 16M "$WORK/disk.img"
     LOOP=$(losetup -f --show "$WORK/disk.img" 2>/dev/null) && DEV=$(cat "/sys/block/$(basename "$LOOP")/dev")

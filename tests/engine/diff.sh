@@ -94,6 +94,19 @@ check sysctl 's["linux"]["sysctl"]={"net.ipv4.ip_forward":"1","kernel.shm_rmid_f
 check oom-score-adj 's["process"]["oomScoreAdj"]=123; s["process"]["args"][2]="cat /proc/self/oom_score_adj"'
 check devices 's["linux"]["devices"]=[{"path":"/dev/fuse","type":"c","major":10,"minor":229,"fileMode":432,"uid":0,"gid":0}]; s["process"]["args"][2]="ls -ln /dev/fuse | cut -d\" \" -f1,5-7"'
 
+# Hooks: each kind runs once, in order, with the state on stdin (poststop after delete).
+HOOK=$WORK/hook.sh
+printf '#!/bin/sh\nread -r s; echo "$1 $(echo "$s" | grep -o "\\"status\\": *\\"[a-z]*\\"" | tr -d " ")" >> %s/hooks.$RT\n' "$WORK" > "$HOOK"; chmod +x "$HOOK"
+b=$WORK/b-hooks; mkdir -p "$b"
+edit_spec "$b/config.json" 's["process"]["args"]=["true"]; h=lambda n: [{"path":work+"/hook.sh","args":["hook.sh",n]}]; s["hooks"]={"createRuntime":h("createRuntime"),"poststart":h("poststart"),"poststop":h("poststop")}'
+sed -i "s|\$RT|runc|" "$HOOK"; (cd "$b" && runc --root /run/runc-diff run d-hooks >/dev/null 2>&1 </dev/null)
+sed -i "s|hooks.runc|hooks.husk|" "$HOOK"; (cd "$b" && "$HUSK" oci --root /run/husk-diff run d-hooks >/dev/null 2>&1 </dev/null)
+# Known difference: runc 1.1 hands poststart the state saved before start ("created");
+# husk hands the state the runtime spec describes at that point ("running").
+sed -i 's/^poststart "status":"created"/poststart "status":"running"/' "$WORK/hooks.runc"
+if [ -s "$WORK/hooks.husk" ] && diff -u "$WORK/hooks.runc" "$WORK/hooks.husk" >"$b/diff"; then
+    PASS=$((PASS+1)); echo "PASS hooks"; sed 's/^/    /' "$WORK/hooks.husk"; else FAIL=$((FAIL+1)); FAILED+=(hooks); echo "FAIL hooks"; cat "$b/diff" "$WORK/hooks.runc" "$WORK/hooks.husk" 2>&1 | sed 's/^/    /'; fi
+
 # fd leak: an fd open in the caller must not reach the container (runc CVE-2016-9962 class).
 b=$WORK/b-fd-leak; mkdir -p "$b"; edit_spec "$b/config.json" 's["process"]["args"]=["sh","-c","ls /proc/self/fd | sort -n | tr \"\\n\" \" \""]'
 (cd "$b" && exec 7<"$BASE" && "$HUSK" oci --root /run/husk-diff run d-fd >"$b/husk.out" 2>&1 </dev/null)

@@ -17,7 +17,27 @@ use super::cgroups::{self, CgroupManager, CgroupV2};
 use super::process::{self, InitConfig};
 use super::rootfs::RootfsPlan;
 use super::state::{self, State, Status};
-use super::{seccomp, spec, EngineError};
+use super::{hooks, seccomp, spec, EngineError};
+
+/// The state handed to hooks on stdin (the runtime spec's state object).
+pub fn hook_state(sp: &Spec, id: &str, status: Status, pid: i32, bundle: &Path) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "ociVersion": sp.version(),
+        "id": id,
+        "status": status,
+        "pid": pid,
+        "bundle": bundle,
+        "annotations": sp.annotations().clone().unwrap_or_default(),
+    }))
+    .unwrap_or_default()
+}
+
+fn hook_list(
+    sp: &Spec,
+    pick: impl Fn(&oci_spec::runtime::Hooks) -> Option<Vec<oci_spec::runtime::Hook>>,
+) -> Vec<oci_spec::runtime::Hook> {
+    sp.hooks().as_ref().and_then(pick).unwrap_or_default()
+}
 
 /// Options of `create` (runc's flags).
 #[derive(Debug, Clone, Default)]
@@ -112,7 +132,7 @@ fn create_in(
     )
     .map_err(|e| EngineError::Io(format!("open {}: {e}", dir.display())))?;
     let cfg = build_init(o, sp, rootfs, Some(dirfd))?;
-    let (pid, cg) = spawn(sp, &o.id, cfg)?;
+    let (pid, cg) = spawn(sp, &o.id, bundle, cfg)?;
     let st = State {
         oci_version: sp.version().clone(),
         id: o.id.clone(),
@@ -195,6 +215,9 @@ pub fn build_init(
         seccomp,
         state_dir,
         preserve_fds: o.preserve_fds,
+        create_container_hooks: hook_list(sp, |h| h.create_container().clone()),
+        start_container_hooks: hook_list(sp, |h| h.start_container().clone()),
+        hook_state: hook_state(sp, &o.id, Status::Created, 0, &o.bundle),
         console,
     })
 }
@@ -218,7 +241,12 @@ fn write_id_maps(sp: &Spec, pid: Pid) -> Result<(), EngineError> {
 }
 
 /// Clones the init process and brings it to "ready to exec". Returns its pid and cgroup.
-pub fn spawn(sp: &Spec, id: &str, cfg: InitConfig) -> Result<(Pid, Option<CgroupV2>), EngineError> {
+pub fn spawn(
+    sp: &Spec,
+    id: &str,
+    bundle: &Path,
+    cfg: InitConfig,
+) -> Result<(Pid, Option<CgroupV2>), EngineError> {
     let linux = sp.linux().clone().unwrap_or_default();
     let ns = linux.namespaces().clone().unwrap_or_default();
     let mut flags = CloneFlags::empty();
@@ -288,6 +316,12 @@ pub fn spawn(sp: &Spec, id: &str, cfg: InitConfig) -> Result<(Pid, Option<Cgroup
             std::fs::write(&p, adj.to_string())
                 .map_err(|e| EngineError::Io(format!("{p}: {e}")))?;
         }
+        // createRuntime (and the older prestart) hooks: namespaces exist, the rootfs is
+        // not yet set up, init waits.
+        let state = hook_state(sp, id, Status::Creating, pid.as_raw(), bundle);
+        let mut list = hook_list(sp, |h| h.prestart().clone());
+        list.extend(hook_list(sp, |h| h.create_runtime().clone()));
+        hooks::run(&list, &state, &hooks::WaitPid)?;
         Ok(())
     };
     if let Err(e) = prepare() {
@@ -355,6 +389,11 @@ fn refresh(st: &State, dir: &Path) -> Status {
 
 /// Releases a created container's init to exec the user process.
 pub fn start(root: &Path, id: &str) -> Result<State, EngineError> {
+    start_with(root, id, &hooks::WaitPid)
+}
+
+/// `start`, with poststart hooks waited for through `w`.
+pub fn start_with(root: &Path, id: &str, w: &dyn hooks::Waiter) -> Result<State, EngineError> {
     let (mut st, dir) = load(root, id)?;
     if st.status != Status::Created {
         return Err(EngineError::WrongState {
@@ -369,6 +408,13 @@ pub fn start(root: &Path, id: &str) -> Result<State, EngineError> {
     released?;
     st.status = Status::Running;
     state::save(&dir, &st)?;
+    if let Ok(sp) = spec::load(&st.bundle) {
+        let list = hook_list(&sp, |h| h.poststart().clone());
+        let state = hook_state(&sp, id, Status::Running, st.pid, &st.bundle);
+        if let Err(e) = hooks::run(&list, &state, w) {
+            eprintln!("husk-agent: poststart: {e}");
+        }
+    }
     Ok(st)
 }
 
@@ -445,6 +491,16 @@ pub fn kill(root: &Path, id: &str, sig: Signal, all: bool) -> Result<(), EngineE
 
 /// Removes a stopped container (or kills it first with `force`).
 pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), EngineError> {
+    delete_with(root, id, force, &hooks::WaitPid)
+}
+
+/// `delete`, with poststop hooks waited for through `w`.
+pub fn delete_with(
+    root: &Path,
+    id: &str,
+    force: bool,
+    w: &dyn hooks::Waiter,
+) -> Result<(), EngineError> {
     let (st, dir) = load(root, id)?;
     if st.status != Status::Stopped {
         if !force && st.status != Status::Created {
@@ -472,6 +528,13 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), EngineError> {
         }
     }
     std::fs::remove_dir_all(&dir).map_err(io_err("remove state"))?;
+    if let Ok(sp) = spec::load(&st.bundle) {
+        let list = hook_list(&sp, |h| h.poststop().clone());
+        let state = hook_state(&sp, id, Status::Stopped, 0, &st.bundle);
+        if let Err(e) = hooks::run(&list, &state, w) {
+            eprintln!("husk-agent: poststop: {e}");
+        }
+    }
     Ok(())
 }
 

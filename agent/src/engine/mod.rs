@@ -7,6 +7,7 @@ pub mod caps;
 pub mod cgroups;
 pub mod container;
 pub mod exec;
+pub mod hooks;
 pub mod paths;
 pub mod process;
 pub mod rootfs;
@@ -43,6 +44,9 @@ pub enum EngineError {
     /// cgroup error.
     #[error(transparent)]
     Cgroup(#[from] cgroups::CgroupError),
+    /// A hook failed.
+    #[error(transparent)]
+    Hook(#[from] hooks::HookError),
     /// State store error.
     #[error(transparent)]
     State(#[from] state::StateError),

@@ -63,6 +63,12 @@ pub struct InitConfig {
     pub state_dir: Option<OwnedFd>,
     /// Fds 3..3+n passed on purpose.
     pub preserve_fds: i32,
+    /// createContainer hooks (run in the container's namespaces after pivot_root).
+    pub create_container_hooks: Vec<oci_spec::runtime::Hook>,
+    /// startContainer hooks (run in the container just before the user process).
+    pub start_container_hooks: Vec<oci_spec::runtime::Hook>,
+    /// The state JSON for in-container hooks.
+    pub hook_state: Vec<u8>,
     /// Terminal: the console socket to send the pty master to.
     pub console: Option<UnixStream>,
 }
@@ -161,6 +167,7 @@ pub fn run_init(cfg: InitConfig, mut sync: UnixStream) -> ! {
 }
 
 fn init_until_ready(cfg: &InitConfig, sync: &mut UnixStream) -> Result<(), InitError> {
+    set_non_dumpable()?;
     let mut go = [0u8; 1];
     sync.read_exact(&mut go)
         .map_err(fail("waiting for parent"))?;
@@ -206,6 +213,12 @@ fn init_until_ready(cfg: &InitConfig, sync: &mut UnixStream) -> Result<(), InitE
         })?;
     }
     rootfs::finish(&LinuxSyscall, &cfg.rootfs).map_err(fail("rootfs"))?;
+    super::hooks::run(
+        &cfg.create_container_hooks,
+        &cfg.hook_state,
+        &super::hooks::WaitPid,
+    )
+    .map_err(fail("createContainer hook"))?;
     // Like runc, a missing executable fails create, not start.
     let prog = find_exec(&cfg.args[0], &cfg.env);
     if !prog.is_file() {
@@ -263,6 +276,7 @@ fn setup_console(sock: &UnixStream) -> Result<(), InitError> {
 /// For `exec`: joins the container's namespaces, then drops privileges and execs.
 /// Returns only on failure.
 pub fn join_and_exec(mut cfg: InitConfig) -> Result<(), InitError> {
+    set_non_dumpable()?;
     for (flag, path) in &cfg.join {
         let f = std::fs::File::open(path).map_err(fail("open namespace"))?;
         nix::sched::setns(&f, *flag).map_err(|e| InitError {
@@ -300,6 +314,13 @@ fn exec_after_start(mut cfg: InitConfig) -> InitError {
         }
     }
     drop(cfg.state_dir.take());
+    if let Err(e) = super::hooks::run(
+        &cfg.start_container_hooks,
+        &cfg.hook_state,
+        &super::hooks::WaitPid,
+    ) {
+        return fail("startContainer hook")(e);
+    }
     match finalize(&cfg.args, &cfg) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -367,6 +388,17 @@ fn finalize(args: &[String], cfg: &InitConfig) -> Result<Never, InitError> {
         step: "exec",
         msg: format!("{}: {e}", args[0]),
     })
+}
+
+/// Until execve, this process is a copy of the agent: non-dumpable, so processes of the
+/// container cannot open its `/proc/<pid>/exe` (the agent binary; runc CVE-2019-5736)
+/// or its memory. execve of the container's program resets it.
+fn set_non_dumpable() -> Result<(), InitError> {
+    // SAFETY: integer-only prctl.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0u64, 0u64, 0u64, 0u64) } != 0 {
+        return Err(fail("non-dumpable")(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Marks every fd from `from` up close-on-exec, so only stdio (and fds passed on

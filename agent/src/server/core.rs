@@ -264,7 +264,7 @@ impl AgentCore {
                 "container {id} is already started"
             )));
         }
-        container::start(&self.state_root(), id)?;
+        container::start_with(&self.state_root(), id, self.reaper.as_ref())?;
         *st = Lifecycle::Running;
         Ok(c.pid as u32)
     }
@@ -340,7 +340,7 @@ impl AgentCore {
         if *lock(&c.state) == Lifecycle::Running && self.reaper.try_status(c.pid).is_none() {
             return Err(CoreError::State(format!("container {id} is running")));
         }
-        container::delete(&self.state_root(), id, true)?;
+        container::delete_with(&self.state_root(), id, true, self.reaper.as_ref())?;
         let _ = std::fs::remove_dir_all(self.bundle(id));
         lock(&self.containers).remove(id);
         self.reaper.forget(c.pid);

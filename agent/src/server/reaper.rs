@@ -91,6 +91,14 @@ impl Reaper {
     }
 }
 
+impl crate::engine::hooks::Waiter for Reaper {
+    fn try_wait(&self, pid: u32) -> Option<i32> {
+        let s = self.try_status(pid as i32)?;
+        self.forget(pid as i32);
+        Some(s as i32)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
