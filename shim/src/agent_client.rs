@@ -49,14 +49,17 @@ fn blocking() -> context::Context {
     context::Context::default()
 }
 
-/// Status errors keep their code; anything else means the connection is gone.
-fn map(e: ttrpc::Error) -> AgentError {
+/// Status errors keep their code; anything else means the connection is gone (or the
+/// call took longer than [`CALL_TIMEOUT`]). `call` names the RPC in the latter.
+fn map(call: &str, e: ttrpc::Error) -> AgentError {
     match e {
-        ttrpc::Error::RpcStatus(s) => AgentError::Status {
-            code: s.code(),
-            message: s.message,
-        },
-        other => AgentError::Unavailable(other.to_string()),
+        ttrpc::Error::RpcStatus(s) if s.code() != ttrpc::Code::DEADLINE_EXCEEDED => {
+            AgentError::Status {
+                code: s.code(),
+                message: s.message,
+            }
+        }
+        other => AgentError::Unavailable(format!("{call}: {other}")),
     }
 }
 
@@ -92,7 +95,7 @@ impl AgentClient for TtrpcAgent {
             .rpc
             .check(quick(), &pb::Empty::new())
             .await
-            .map_err(map)?;
+            .map_err(|e| map("check", e))?;
         if !r.serving {
             return Err(AgentError::Unavailable(
                 "the agent is not serving yet".into(),
@@ -112,7 +115,10 @@ impl AgentClient for TtrpcAgent {
             time_unix_nanos: i64::try_from(now.as_nanos()).unwrap_or(0),
             ..Default::default()
         };
-        self.rpc.create_sandbox(quick(), &r).await.map_err(map)?;
+        self.rpc
+            .create_sandbox(quick(), &r)
+            .await
+            .map_err(|e| map("create_sandbox", e))?;
         Ok(())
     }
 
@@ -123,7 +129,10 @@ impl AgentClient for TtrpcAgent {
             stdio: Some(stdio(req.stdio)).into(),
             ..Default::default()
         };
-        self.rpc.create_container(quick(), &r).await.map_err(map)?;
+        self.rpc
+            .create_container(quick(), &r)
+            .await
+            .map_err(|e| map("create_container", e))?;
         Ok(())
     }
 
@@ -132,7 +141,7 @@ impl AgentClient for TtrpcAgent {
             .rpc
             .start_container(quick(), &container(id))
             .await
-            .map_err(map)?;
+            .map_err(|e| map("start_container", e))?;
         Ok(r.pid)
     }
 
@@ -144,7 +153,12 @@ impl AgentClient for TtrpcAgent {
             stdio: Some(stdio(req.stdio)).into(),
             ..Default::default()
         };
-        Ok(self.rpc.exec_process(quick(), &r).await.map_err(map)?.pid)
+        Ok(self
+            .rpc
+            .exec_process(quick(), &r)
+            .await
+            .map_err(|e| map("exec_process", e))?
+            .pid)
     }
 
     async fn signal_process(&self, p: &ProcessRef, signal: u32, all: bool) -> AgentResult<()> {
@@ -155,7 +169,10 @@ impl AgentClient for TtrpcAgent {
             all,
             ..Default::default()
         };
-        self.rpc.signal_process(quick(), &r).await.map_err(map)?;
+        self.rpc
+            .signal_process(quick(), &r)
+            .await
+            .map_err(|e| map("signal_process", e))?;
         Ok(())
     }
 
@@ -164,7 +181,7 @@ impl AgentClient for TtrpcAgent {
             .rpc
             .wait_process(blocking(), &process(p))
             .await
-            .map_err(map)?;
+            .map_err(|e| map("wait_process", e))?;
         Ok(r.status)
     }
 
@@ -175,7 +192,10 @@ impl AgentClient for TtrpcAgent {
             data: data.to_vec(),
             ..Default::default()
         };
-        self.rpc.write_stdin(quick(), &r).await.map_err(map)?;
+        self.rpc
+            .write_stdin(quick(), &r)
+            .await
+            .map_err(|e| map("write_stdin", e))?;
         Ok(())
     }
 
@@ -183,7 +203,7 @@ impl AgentClient for TtrpcAgent {
         self.rpc
             .close_stdin(quick(), &process(p))
             .await
-            .map_err(map)?;
+            .map_err(|e| map("close_stdin", e))?;
         Ok(())
     }
 
@@ -199,7 +219,11 @@ impl AgentClient for TtrpcAgent {
             max_len: READ_CHUNK,
             ..Default::default()
         };
-        let resp = self.rpc.read_output(blocking(), &r).await.map_err(map)?;
+        let resp = self
+            .rpc
+            .read_output(blocking(), &r)
+            .await
+            .map_err(|e| map("read_output", e))?;
         // Data that comes with the end is still delivered; the next call reports the end.
         match (resp.data.is_empty(), resp.eof) {
             (true, true) => Ok(None),
@@ -215,7 +239,10 @@ impl AgentClient for TtrpcAgent {
             height,
             ..Default::default()
         };
-        self.rpc.resize_tty(quick(), &r).await.map_err(map)?;
+        self.rpc
+            .resize_tty(quick(), &r)
+            .await
+            .map_err(|e| map("resize_tty", e))?;
         Ok(())
     }
 
@@ -223,7 +250,7 @@ impl AgentClient for TtrpcAgent {
         self.rpc
             .pause_container(quick(), &container(id))
             .await
-            .map_err(map)?;
+            .map_err(|e| map("pause_container", e))?;
         Ok(())
     }
 
@@ -231,7 +258,7 @@ impl AgentClient for TtrpcAgent {
         self.rpc
             .resume_container(quick(), &container(id))
             .await
-            .map_err(map)?;
+            .map_err(|e| map("resume_container", e))?;
         Ok(())
     }
 
@@ -241,7 +268,10 @@ impl AgentClient for TtrpcAgent {
             resources_json: resources_json.to_vec(),
             ..Default::default()
         };
-        self.rpc.update_container(quick(), &r).await.map_err(map)?;
+        self.rpc
+            .update_container(quick(), &r)
+            .await
+            .map_err(|e| map("update_container", e))?;
         Ok(())
     }
 
@@ -250,7 +280,7 @@ impl AgentClient for TtrpcAgent {
             .rpc
             .stats_container(quick(), &container(id))
             .await
-            .map_err(map)?;
+            .map_err(|e| map("stats_container", e))?;
         Ok(ContainerStats {
             cpu_usage_usec: s.cpu_usage_usec,
             cpu_user_usec: s.cpu_user_usec,
@@ -268,7 +298,7 @@ impl AgentClient for TtrpcAgent {
             .rpc
             .list_processes(quick(), &container(id))
             .await
-            .map_err(map)?;
+            .map_err(|e| map("list_processes", e))?;
         Ok(r.pids)
     }
 
@@ -276,7 +306,7 @@ impl AgentClient for TtrpcAgent {
         self.rpc
             .remove_container(quick(), &container(id))
             .await
-            .map_err(map)?;
+            .map_err(|e| map("remove_container", e))?;
         Ok(())
     }
 
@@ -285,7 +315,7 @@ impl AgentClient for TtrpcAgent {
             .rpc
             .get_oom_event(blocking(), &pb::Empty::new())
             .await
-            .map_err(map)?;
+            .map_err(|e| map("get_oom_event", e))?;
         Ok(r.container_id)
     }
 }
