@@ -254,13 +254,14 @@ fn container_lifecycle_with_stdio_exec_and_signals() {
     let mut e = ExecProcessRequest::new();
     e.container_id = "c2".into();
     e.exec_id = "e1".into();
-    e.process_json = br#"{"cwd":"/","args":["sh","-c","echo $$ $(hostname); exit 3"],"env":["PATH=/bin"],"user":{"uid":0,"gid":0}}"#.to_vec();
+    e.process_json = br#"{"cwd":"/","args":["sh","-c","echo $$ $(hostname) $(ulimit -n); exit 3"],"env":["PATH=/bin"],"user":{"uid":0,"gid":0},"rlimits":[{"type":"RLIMIT_NOFILE","hard":123,"soft":99}]}"#.to_vec();
     e.stdio = stdio(false);
     c.exec_process(ctx(), &e).unwrap();
     let out = String::from_utf8(read_all(&c, "c2", "e1", OutputStream::STDOUT)).unwrap();
     let f: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(f.get(1), Some(&"api-test"), "{out}");
     assert_ne!(f.first(), Some(&"1"), "exec is not the init: {out}");
+    assert_eq!(f.get(2), Some(&"99"), "exec rlimits: {out}");
     assert_eq!(
         c.wait_process(ctx(), &proc_req("c2", "e1")).unwrap().status,
         3

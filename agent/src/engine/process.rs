@@ -227,7 +227,12 @@ fn init_until_ready(cfg: &InitConfig, sync: &mut UnixStream) -> Result<(), InitE
             msg: format!("{}: executable file not found", cfg.args[0]),
         });
     }
-    for r in &cfg.rlimits {
+    apply_rlimits(&cfg.rlimits)?;
+    Ok(())
+}
+
+fn apply_rlimits(rlimits: &[PosixRlimit]) -> Result<(), InitError> {
+    for r in rlimits {
         let lim = libc::rlimit {
             rlim_cur: r.soft(),
             rlim_max: r.hard(),
@@ -288,6 +293,7 @@ pub fn join_and_exec(mut cfg: InitConfig) -> Result<(), InitError> {
     if let Some(sock) = &cfg.console {
         setup_console(sock)?;
     }
+    apply_rlimits(&cfg.rlimits)?;
     cfg.state_dir = None;
     Err(exec_after_start(cfg))
 }
