@@ -3,7 +3,6 @@
 //! `kill`, `delete` work from the saved state.
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -548,7 +547,6 @@ pub fn run(o: &CreateOpts) -> Result<i32, EngineError> {
     }
     let code = wait(pid)?;
     delete(&o.root, &o.id, true)?;
-    let _ = c.dir.as_os_str();
     Ok(code)
 }
 
@@ -562,9 +560,4 @@ pub fn wait(pid: Pid) -> Result<i32, EngineError> {
             Err(e) => return Err(EngineError::Io(format!("wait: {e}"))),
         }
     }
-}
-
-/// The fd of a stream, for callers that pass stdio.
-pub fn raw(s: &UnixStream) -> i32 {
-    s.as_raw_fd()
 }

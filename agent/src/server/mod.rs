@@ -14,7 +14,7 @@ use husk_protocol::agent::*;
 use husk_protocol::agent_ttrpc::{self, Agent};
 use ttrpc::{Code, TtrpcContext};
 
-use self::core::{check_id, AgentCore, CoreError, Options};
+use self::core::{AgentCore, CoreError, Options};
 use self::reaper::Reaper;
 
 /// Errors starting the server.
@@ -288,13 +288,4 @@ pub fn serve(address: &str, root: &Path) -> Result<(), ServerError> {
     loop {
         std::thread::park();
     }
-}
-
-/// Validates an id pair for tests of the adapters.
-pub fn validate_process(container_id: &str, exec_id: &str) -> Result<(), CoreError> {
-    check_id("container id", container_id)?;
-    if !exec_id.is_empty() {
-        check_id("exec id", exec_id)?;
-    }
-    Ok(())
 }
