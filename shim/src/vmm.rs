@@ -215,24 +215,45 @@ fn log_tail(path: &Path) -> String {
     line.chars().take(300).collect()
 }
 
-/// A helper process (virtiofsd) that lives as long as the VM.
+/// A helper process (virtiofsd) that lives as long as the VM, reaped by its own task.
 struct Helper {
-    child: Mutex<Child>,
+    exit: watch::Receiver<bool>,
+    kill: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl Helper {
-    fn new(child: Child) -> Self {
-        Helper {
-            child: Mutex::new(child),
-        }
+    fn new(mut child: Child) -> Arc<Helper> {
+        let (tx, rx) = watch::channel(false);
+        let (ktx, krx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = child.wait() => {}
+                // Asked to stop, or the Helper is gone.
+                _ = krx => {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                }
+            }
+            let _ = tx.send(true);
+        });
+        Arc::new(Helper {
+            exit: rx,
+            kill: std::sync::Mutex::new(Some(ktx)),
+        })
     }
     async fn has_exited(&self) -> bool {
-        !matches!(self.child.lock().await.try_wait(), Ok(None))
+        *self.exit.borrow()
+    }
+    async fn exited(&self) {
+        let mut rx = self.exit.clone();
+        let _ = rx.wait_for(|e| *e).await;
     }
     async fn stop(&self) {
-        let mut c = self.child.lock().await;
-        let _ = c.start_kill();
-        let _ = c.wait().await;
+        let k = self.kill.lock().ok().and_then(|mut k| k.take());
+        if let Some(k) = k {
+            let _ = k.send(());
+        }
+        self.exited().await;
     }
 }
 
@@ -240,13 +261,26 @@ impl Helper {
 pub struct ChildVm {
     pid: u32,
     exit: watch::Receiver<Option<VmExit>>,
-    helpers: Vec<Helper>,
+    helpers: Vec<Arc<Helper>>,
 }
 
 impl ChildVm {
-    fn watch(mut child: Child, helpers: Vec<Helper>) -> Arc<ChildVm> {
+    fn watch(mut child: Child, helpers: Vec<Arc<Helper>>) -> Arc<ChildVm> {
         let pid = child.id().unwrap_or(0);
         let (tx, rx) = watch::channel(None);
+        // Without its virtiofsd the VM is useless: a helper's end ends the VM.
+        for h in &helpers {
+            let (h, rx) = (h.clone(), rx.clone());
+            tokio::spawn(async move {
+                h.exited().await;
+                if rx.borrow().is_none() {
+                    if let Ok(pid) = i32::try_from(pid) {
+                        log::warn!("virtiofsd ended: stopping the vm");
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
+            });
+        }
         tokio::spawn(async move {
             let description = match child.wait().await {
                 Ok(s) => describe(s),

@@ -149,3 +149,15 @@ async fn missing_vmm_binary() {
     assert!(e.contains("spawning /nonexistent/husk-vmm"), "{e}");
     assert!(gone(recorded_pid(&req.pod_dir, VIRTIOFSD_PID_FILE)));
 }
+
+#[tokio::test]
+async fn virtiofsd_death_ends_the_vm() {
+    let (d, vmm, req) = setup(FAKE_VMM, FAKE_VIRTIOFSD);
+    let vm = vmm.launch(&req).await.unwrap();
+    let fsd = recorded_pid(&req.pod_dir, VIRTIOFSD_PID_FILE);
+    let _ = kill(Pid::from_raw(fsd), Signal::SIGKILL);
+    let exit = tokio::time::timeout(Duration::from_secs(10), vm.process.exited()).await;
+    assert_eq!(exit.unwrap().description, "was killed by signal 9");
+    vm.process.stop().await;
+    drop(d);
+}

@@ -145,8 +145,29 @@ c task ls | grep -E '^t-long +[0-9]+ +STOPPED' >/dev/null || fail "not stopped: 
 c task delete t-long
 c container delete t-long
 
+# the VM dies under a running task: the task stops (TaskExit), delete still works
+bg() { c run -d --cgroup "" --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" "$1" /bin/sleep 1000 </dev/null; }
+pidof_file() { cut -d' ' -f1 "$1"; }
+bg t-vmdie
+kill -9 "$(pidof_file "$w/run/t-vmdie/vmm.pid")"
+for _ in $(seq 100); do c task ls | grep -qE '^t-vmdie +[0-9]+ +STOPPED' && break; sleep 0.1; done
+c task ls | grep -qE '^t-vmdie +[0-9]+ +STOPPED' || fail "task not stopped after its vm died: $(c task ls)"
+c task delete t-vmdie >/dev/null
+c container delete t-vmdie
+[ -e "$w/run/t-vmdie" ] && fail "pod directory of t-vmdie left behind"
+
+# the shim is killed with -9: containerd runs `shim delete`, which stops the vm
+bg t-shimkill
+vmm_pid=$(pidof_file "$w/run/t-shimkill/vmm.pid")
+kill -9 "$(pgrep -f 'containerd-shim-husk-v2 -namespace default -id t-shimkill')"
+for _ in $(seq 100); do kill -0 "$vmm_pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$vmm_pid" 2>/dev/null && fail "vmm of t-shimkill still running after shim delete"
+c task delete t-shimkill >/dev/null 2>&1 || true
+c container delete t-shimkill
+grep -q "$w/run/t-shimkill" /proc/mounts && fail "mounts of t-shimkill left behind"
+
 for _ in $(seq 100); do pgrep -f "containerd-shim-husk-v2 -namespace" >/dev/null || break; sleep 0.1; done
 pgrep -af "containerd-shim-husk-v2 -namespace" && fail "a shim is still running"
 pgrep -f "$w/bin/vmm" >/dev/null && fail "a vmm stand-in is still running"
 grep -q " $w/run" /proc/mounts && fail "mounts left under $w/run"
-echo "shim+agent on a host: exit codes 0/1/137, stdin, 20000 lines, exec, pause/resume, kill: ok"
+echo "shim+agent on a host: exit codes 0/1/137, stdin, 20000 lines, exec, pause/resume, kill, vm death, shim kill -9: ok"
