@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 use serde_json::json;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::watch;
 
 use crate::agent::{AgentClient, AgentResult};
 use crate::config::Config;
