@@ -55,7 +55,10 @@ printf '%s\n' "$CMD" > "$run/cmd"
   echo "export HUSK_NESTED=1"
   echo "export HUSK_KVER=$kver"
   echo "export HUSK_MODULES=$(printf %q "$kroot/lib/modules/$kver")"
-  for v in CI HOME PATH TERM CARGO_HOME RUSTUP_HOME CARGO_TARGET_DIR HUSK_CACHE RUST_LOG RUST_BACKTRACE $(compgen -e | grep -E '^HUSK_' || true); do
+  # what the command's environment carries in: CI, cargo and rust settings, and every
+  # HUSK_* and VM_* knob of the test scripts
+  for v in CI HOME PATH TERM CARGO_HOME RUSTUP_HOME CARGO_TARGET_DIR RUST_LOG RUST_BACKTRACE \
+           $(compgen -e | grep -E '^(HUSK|VM)_' || true); do
     [ -n "${!v+x}" ] && echo "export $v=$(printf %q "${!v}")"
   done
 } > "$run/env"
