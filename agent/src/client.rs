@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use husk_protocol::agent::Empty;
+use husk_protocol::agent::*;
 use husk_protocol::agent_ttrpc::AgentClient;
 
 /// Errors of the client.
@@ -61,4 +61,68 @@ pub fn describe(addr: &str, timeout: Duration) -> Result<String, ClientError> {
         d.cpus,
         d.mem_total_bytes >> 20
     ))
+}
+
+/// What a container run through the API produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutput {
+    /// Its stdout.
+    pub stdout: Vec<u8>,
+    /// Its stderr.
+    pub stderr: Vec<u8>,
+    /// Exit status (128 + signal when killed).
+    pub status: u32,
+}
+
+fn read_stream(c: &AgentClient, id: &str, s: OutputStream) -> Result<Vec<u8>, ttrpc::Error> {
+    let mut out = Vec::new();
+    loop {
+        let mut r = ReadOutputRequest::new();
+        r.container_id = id.into();
+        r.stream = s.into();
+        r.max_len = 65536;
+        let resp = c.read_output(ctx(), &r)?;
+        if resp.eof {
+            return Ok(out);
+        }
+        out.extend(resp.data);
+    }
+}
+
+/// Creates, starts, drains, waits for and removes one container from a spec (JSON whose
+/// paths are the agent's).
+pub fn run(addr: &str, id: &str, spec_json: &[u8]) -> Result<RunOutput, ClientError> {
+    let c = connect(addr, Duration::from_secs(30))?;
+    let err = |source| ClientError::Ttrpc {
+        addr: addr.into(),
+        source,
+    };
+    let mut req = CreateContainerRequest::new();
+    req.container_id = id.into();
+    req.spec_json = spec_json.to_vec();
+    let mut stdio = Stdio::new();
+    stdio.stdout = true;
+    stdio.stderr = true;
+    req.stdio = protobuf::MessageField::some(stdio);
+    c.create_container(ctx(), &req).map_err(err)?;
+    let mut cr = ContainerRequest::new();
+    cr.container_id = id.into();
+    c.start_container(ctx(), &cr).map_err(err)?;
+    let c2 = c.clone();
+    let id2 = id.to_string();
+    let errs = std::thread::spawn(move || read_stream(&c2, &id2, OutputStream::STDERR));
+    let stdout = read_stream(&c, id, OutputStream::STDOUT).map_err(err)?;
+    let stderr = errs
+        .join()
+        .map_err(|_| err(ttrpc::Error::Others("stderr reader panicked".into())))?
+        .map_err(err)?;
+    let mut pr = ProcessRequest::new();
+    pr.container_id = id.into();
+    let status = c.wait_process(ctx(), &pr).map_err(err)?.status;
+    c.remove_container(ctx(), &cr).map_err(err)?;
+    Ok(RunOutput {
+        stdout,
+        stderr,
+        status,
+    })
 }

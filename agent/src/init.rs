@@ -118,6 +118,36 @@ pub fn loopback_up() -> Result<(), InitError> {
     Ok(())
 }
 
+/// pivot_root refuses a caller whose root is the initial ramfs (the root mount has no
+/// parent), so containers could not be pivoted. Like switch_root, but without copying:
+/// bind the initramfs onto a directory of itself, move that mount over `/` and chroot
+/// into it. The new root mount has a parent, and everything in the image stays visible.
+pub fn leave_initramfs() -> Result<(), InitError> {
+    use nix::mount::MsFlags;
+    let err = |step: &'static str| {
+        move |e: nix::errno::Errno| InitError {
+            step,
+            path: "/".into(),
+            source: e.into(),
+        }
+    };
+    let dir = "/.husk-root";
+    let _ = std::fs::create_dir(dir);
+    nix::mount::mount(
+        Some("/"),
+        dir,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(err("bind root"))?;
+    nix::unistd::chdir(dir).map_err(err("chdir"))?;
+    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(err("move root"))?;
+    nix::unistd::chroot(".").map_err(err("chroot"))?;
+    nix::unistd::chdir("/").map_err(err("chdir"))
+}
+
 /// Bind-mounts the agent's own binary read-only over itself, so nothing (not even a
 /// root process of a container reaching it through `/proc/<pid>/exe`) can rewrite it.
 pub fn protect_binary() -> Result<(), InitError> {
@@ -155,7 +185,10 @@ pub fn protect_binary() -> Result<(), InitError> {
 pub fn run_as_pid1() -> ! {
     let mut out = std::io::stdout();
     type Step<'a> = (&'a str, &'a dyn Fn() -> Result<(), String>);
-    let steps: [Step; 4] = [
+    let steps: [Step; 5] = [
+        ("leave initramfs", &|| {
+            leave_initramfs().map_err(|e| e.to_string())
+        }),
         ("mounts", &|| mount_base().map_err(|e| e.to_string())),
         ("cgroups", &|| {
             crate::engine::cgroups::enable_all_controllers(std::path::Path::new(

@@ -25,6 +25,10 @@ enum Cmd {
         /// Keep retrying the connection this long (seconds).
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Run a container from this spec (config.json with the agent's paths) and exit
+        /// with its status, instead of describing the agent.
+        #[arg(long)]
+        run: Option<PathBuf>,
     },
     /// Serve the agent API on a Unix socket (host tests) or vsock (`vsock://-1:1024`).
     Serve {
@@ -237,11 +241,24 @@ fn main() -> Result<()> {
                 }
             }
         }
-        Some(Cmd::Ctl { address, timeout }) => {
-            let line =
-                husk_agent::client::describe(&address, std::time::Duration::from_secs(timeout))?;
-            println!("{line}");
-        }
+        Some(Cmd::Ctl {
+            address,
+            timeout,
+            run,
+        }) => match run {
+            None => {
+                let d = std::time::Duration::from_secs(timeout);
+                println!("{}", husk_agent::client::describe(&address, d)?);
+            }
+            Some(spec) => {
+                let json = std::fs::read(&spec).with_context(|| spec.display().to_string())?;
+                let out = husk_agent::client::run(&address, "ctl-run", &json)?;
+                use std::io::Write;
+                std::io::stdout().write_all(&out.stdout)?;
+                std::io::stderr().write_all(&out.stderr)?;
+                std::process::exit(out.status as i32);
+            }
+        },
         Some(Cmd::Serve { address, root }) => husk_agent::server::serve(&address, &root)?,
         None => {
             println!("husk-agent {}: see --help", env!("CARGO_PKG_VERSION"));

@@ -2,7 +2,8 @@
 # The agent as PID 1 of a real guest, reached over vsock: boots the husk guest kernel with
 # an initramfs whose /init is the static husk-agent under QEMU's microvm machine with a
 # vhost-vsock device, waits for the agent's first console lines, then calls the agent API
-# over vsock (health check + guest details) from the host with `husk-agent ctl`.
+# over vsock from the host with `husk-agent ctl`: health check, guest details, and two
+# containers run by the agent inside the guest (cgroup limits seen inside, an OOM kill).
 # Needs real KVM and vhost_vsock (the nested test host):
 #
 #   make nested CMD='tests/engine/agent-vm.sh'
@@ -32,6 +33,8 @@ client=${HUSK_AGENT:-$static}
 w=$(mktemp -d /tmp/husk-agent-vm.XXXXXX)
 QEMU_PID=
 trap '[ -n "$QEMU_PID" ] && kill $QEMU_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$w"' EXIT
+busybox=$(command -v busybox) || skip "no busybox (apt-get install busybox-static)"
+file -L "$busybox" | grep -q static || skip "busybox is not static"
 python3 "$top/rootfs/mkcpio.py" > "$w/rootfs.cpio" <<SPEC
 dir /dev 0755
 nod /dev/console 0600 c 5 1
@@ -42,6 +45,19 @@ dir /proc 0755
 dir /run 0755
 dir /sys 0755
 dir /tmp 1777
+dir /bundle 0755
+dir /bundle/rootfs 0755
+dir /bundle/rootfs/bin 0755
+file /bundle/rootfs/bin/busybox 0755 $busybox
+slink /bundle/rootfs/bin/sh 0777 busybox
+slink /bundle/rootfs/bin/cat 0777 busybox
+slink /bundle/rootfs/bin/echo 0777 busybox
+slink /bundle/rootfs/bin/hostname 0777 busybox
+slink /bundle/rootfs/bin/dd 0777 busybox
+dir /bundle/rootfs/proc 0755
+dir /bundle/rootfs/dev 0755
+dir /bundle/rootfs/sys 0755
+dir /bundle/rootfs/tmp 1777
 SPEC
 
 log=$w/console.log
@@ -70,6 +86,28 @@ api_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 echo "$line"
 echo "$line" | grep -q "serving=true" || fail "agent not serving"
 echo "$line" | grep -q "cpus=2" || fail "guest details: expected 2 CPUs"
+# A container inside the guest: the engine under PID 1, its cgroup v2 limits, its exit code.
+spec() { # spec ARGS_JSON RESOURCES_JSON
+    cat <<EOF
+{"ociVersion":"1.0.2","root":{"path":"/bundle/rootfs","readonly":true},"hostname":"vm-ctr",
+ "process":{"cwd":"/","args":$1,"env":["PATH=/bin"],"user":{"uid":0,"gid":0},"noNewPrivileges":true},
+ "mounts":[{"destination":"/proc","type":"proc","source":"proc"},
+           {"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]},
+           {"destination":"/sys","type":"sysfs","source":"sysfs","options":["ro","nosuid","nodev","noexec"]},
+           {"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup","options":["ro","nosuid","nodev","noexec"]}],
+ "linux":{"namespaces":[{"type":"pid"},{"type":"mount"},{"type":"uts"},{"type":"ipc"},{"type":"cgroup"}],
+          "resources":$2}}
+EOF
+}
+spec '["sh","-c","echo hello from $(hostname) pid $$; cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max"]' \
+    '{"memory":{"limit":33554432},"pids":{"limit":10}}' > "$w/run.json"
+out=$("$client" ctl --address "vsock://$CID:1024" --run "$w/run.json") || { cat "$log"; fail "container run in the guest failed: $out"; }
+echo "$out"
+[ "$out" = "$(printf 'hello from vm-ctr pid 1\n33554432\n10')" ] || fail "unexpected container output"
+spec '["sh","-c","dd if=/dev/zero of=/dev/null bs=48M count=1"]' '{"memory":{"limit":16777216}}' > "$w/oom.json"
+rc=0; "$client" ctl --address "vsock://$CID:1024" --run "$w/oom.json" >/dev/null 2>&1 || rc=$?
+[ "$rc" = 137 ] || fail "allocation past the memory limit: exit $rc, expected 137 (OOM kill)"
+echo "container past its memory limit: exit 137 (OOM-killed) in the guest"
 if grep -q "husk-agent: init" "$log"; then
     echo "init warnings:"; grep "husk-agent: init" "$log"
 fi
