@@ -2,7 +2,7 @@
 # The body of `make demo` (see tests/demo.sh); runs where /dev/kvm is real KVM.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-guest=$top/target/guest
+. "$top/tests/vm/lib.sh"
 vfsd=$(command -v virtiofsd || echo "${CARGO_HOME:-$HOME/.cargo}/bin/virtiofsd")
 for f in "$top/target/debug/containerd-shim-husk-v2" "$top/target/debug/husk-vmm" "$guest/vmlinux" "$guest/rootfs.cpio" "$vfsd"; do
   [ -e "$f" ] || { echo "demo: missing $f (run make deps all)" >&2; exit 1; }
@@ -25,17 +25,7 @@ virtiofsd = "$vfsd"
 state_dir = "$w/run"
 boot_timeout_secs = 120
 TOML
-cat > "$w/containerd.toml" <<TOML
-version = 2
-root = "$w/root"
-state = "$w/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$w/containerd.sock"
-TOML
-HUSK_CONFIG=$w/husk.toml PATH=$w/bin:$PATH setsid containerd -c "$w/containerd.toml" >"$w/containerd.log" 2>&1 &
-echo $! > "$w/containerd.pid"
-for _ in $(seq 100); do [ -S "$w/containerd.sock" ] && break; sleep 0.1; done
+start_containerd "$w" HUSK_CONFIG="$w/husk.toml" PATH="$w/bin:$PATH"
 ctr="ctr -a $w/containerd.sock"
 python3 "$top/tests/images/busybox-oci.py" "$w/busybox.tar"
 $ctr image import "$w/busybox.tar" >/dev/null

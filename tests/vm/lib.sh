@@ -27,3 +27,23 @@ qemu_microvm() {
     -append "console=ttyS0 reboot=k panic=-1 ${VM_CMDLINE:-}" "$@" </dev/null >/dev/null 2>"$log.err" &
   QEMU_PID=$!
 }
+
+# start_containerd DIR [ENV=VALUE...]: Debian's containerd with its root, state and socket
+# under DIR (CRI off), the extra environment given (e.g. HUSK_CONFIG=..., PATH=...);
+# writes DIR/containerd.pid and waits for DIR/containerd.sock
+start_containerd() {
+  local dir=$1; shift
+  cat > "$dir/containerd.toml" <<TOML
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$dir/containerd.sock"
+TOML
+  env "$@" setsid containerd -c "$dir/containerd.toml" >"$dir/containerd.log" 2>&1 &
+  echo $! > "$dir/containerd.pid"
+  local _
+  for _ in $(seq 100); do [ -S "$dir/containerd.sock" ] && return 0; sleep 0.1; done
+  echo "containerd did not start:" >&2; tail -20 "$dir/containerd.log" >&2; return 1
+}
