@@ -131,6 +131,8 @@ pub struct PodService {
     cfg: Config,
     deps: Deps,
     state: Mutex<PodState>,
+    /// Serialises creates.
+    creating: Mutex<()>,
     exit: watch::Sender<bool>,
 }
 
@@ -145,6 +147,7 @@ impl PodService {
                 vm_pid: 0,
                 containers: HashMap::new(),
             }),
+            creating: Mutex::new(()),
             exit: watch::Sender::new(false),
         })
     }
@@ -164,23 +167,28 @@ impl PodService {
         let role = PodRole::of(&req.id, &spec);
         let pod_id = role.pod_id().to_string();
         let pod_dir = self.pod_dir(&pod_id);
-        // The lock is held across the boot: a member's create waits for its sandbox's.
-        let mut st = self.state.lock().await;
-        if st.containers.contains_key(&req.id) {
-            return Err(ShimError::AlreadyExists(format!("container {}", req.id)));
-        }
-        if let Some(serving) = &st.pod_id {
-            if *serving != pod_id {
-                return Err(ShimError::InvalidArgument(format!(
-                    "container {} belongs to pod {pod_id}, this shim serves pod {serving}",
-                    req.id
-                )));
+        // Creates run one at a time (a member's create waits for its sandbox's boot), but
+        // the state lock is never held across a boot or an agent call, so State and
+        // friends answer while a VM boots.
+        let _one_at_a_time = self.creating.lock().await;
+        {
+            let st = self.state.lock().await;
+            if st.containers.contains_key(&req.id) {
+                return Err(ShimError::AlreadyExists(format!("container {}", req.id)));
+            }
+            if let Some(serving) = &st.pod_id {
+                if *serving != pod_id {
+                    return Err(ShimError::InvalidArgument(format!(
+                        "container {} belongs to pod {pod_id}, this shim serves pod {serving}",
+                        req.id
+                    )));
+                }
+            }
+            if role.boots_vm() && !matches!(st.vm, VmState::NotStarted) {
+                return Err(ShimError::AlreadyExists(format!("vm of pod {pod_id}")));
             }
         }
         if role.boots_vm() {
-            if !matches!(st.vm, VmState::NotStarted) {
-                return Err(ShimError::AlreadyExists(format!("vm of pod {pod_id}")));
-            }
             let shared_dir = self.deps.share.prepare_pod(&pod_dir)?;
             let vm_req = VmRequest {
                 pod_id: pod_id.clone(),
@@ -205,6 +213,7 @@ impl PodService {
                 let _ = self.deps.share.cleanup_pod(&pod_dir);
                 return Err(e.into());
             }
+            let mut st = self.state.lock().await;
             st.pod_id = Some(pod_id.clone());
             st.vm_pid = vm.process.pid();
             st.vm = VmState::Running {
@@ -213,7 +222,7 @@ impl PodService {
             };
             self.watch_vm(vm.process, vm.agent);
         }
-        let agent = st.agent()?;
+        let agent = self.state.lock().await.agent()?;
         self.deps
             .share
             .share(&pod_dir, &req.id, &req.bundle, &req.rootfs, &mut spec)?;
@@ -226,13 +235,15 @@ impl PodService {
         if let Err(e) = agent.create_container(creq).await {
             let _ = self.deps.share.unshare(&pod_dir, &req.id, &req.bundle);
             if role.boots_vm() {
-                self.stop_vm(&mut st, "its first container failed").await;
+                let process = self.mark_vm_dead("its first container failed").await;
+                self.stop_process(process, &pod_dir).await;
             }
             return Err(e.into());
         }
         let pref = ProcessRef::init(&req.id);
         let init = Proc::new(pref.clone(), req.stdio.clone(), Vec::new());
         *init.io.lock().await = ProcessIo::start(agent, &pref, &req.stdio);
+        let mut st = self.state.lock().await;
         let pid = st.vm_pid;
         st.containers.insert(
             req.id.clone(),
@@ -291,13 +302,34 @@ impl PodService {
         });
     }
 
-    async fn stop_vm(&self, st: &mut PodState, why: &str) {
-        if let VmState::Running { process, .. } = &st.vm {
-            process.stop().await;
+    /// Marks the VM dead (under the state lock, briefly); returns its process to stop.
+    async fn mark_vm_dead(&self, why: &str) -> Option<Arc<dyn VmProcess>> {
+        let mut st = self.state.lock().await;
+        let process = match &st.vm {
+            VmState::Running { process, .. } => Some(process.clone()),
+            _ => None,
+        };
+        if process.is_some() {
             st.vm = VmState::Dead { reason: why.into() };
         }
-        if let Some(pod) = &st.pod_id {
-            let _ = self.deps.share.cleanup_pod(&self.pod_dir(pod));
+        process
+    }
+
+    /// Stops the VM process and undoes the pod's sharing, without the state lock.
+    async fn stop_process(&self, process: Option<Arc<dyn VmProcess>>, pod_dir: &std::path::Path) {
+        if let Some(p) = process {
+            p.stop().await;
+        }
+        let _ = self.deps.share.cleanup_pod(pod_dir);
+    }
+
+    async fn stop_vm(&self, why: &str) {
+        let process = self.mark_vm_dead(why).await;
+        let pod = self.state.lock().await.pod_id.clone();
+        if let Some(pod) = pod {
+            self.stop_process(process, &self.pod_dir(&pod)).await;
+        } else if let Some(p) = process {
+            p.stop().await;
         }
     }
 
@@ -510,7 +542,9 @@ impl PodService {
             }
             return Ok((pid, exit_status, exited_at));
         }
-        match st.agent() {
+        let agent = st.agent();
+        drop(st);
+        match agent {
             Ok(agent) => match agent.remove_container(id).await {
                 Ok(()) | Err(AgentError::Unavailable(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -518,18 +552,21 @@ impl PodService {
             Err(ShimError::VmGone(_)) => {}
             Err(e) => return Err(e),
         }
-        let Some(c) = st.containers.remove(id) else {
-            return Err(ShimError::NotFound(format!("container {id}")));
+        let (c, pod) = {
+            let mut st = self.state.lock().await;
+            let Some(c) = st.containers.remove(id) else {
+                return Err(ShimError::NotFound(format!("container {id}")));
+            };
+            (c, st.pod_id.clone())
         };
-        if let Some(pod) = st.pod_id.clone() {
+        if let Some(pod) = pod {
             if let Err(e) = self.deps.share.unshare(&self.pod_dir(&pod), id, &c.bundle) {
                 log::warn!("unsharing {id}: {e}");
             }
         }
         if c.role.boots_vm() {
-            self.stop_vm(&mut st, "its sandbox was deleted").await;
+            self.stop_vm("its sandbox was deleted").await;
         }
-        drop(st);
         self.deps
             .events
             .publish(Event::Delete {
@@ -552,18 +589,16 @@ impl PodService {
     /// Stops the VM now (the shim was told to go): every live process gets its TaskExit.
     pub async fn force_stop(&self, why: &str) {
         log::info!("{why}: stopping the pod");
-        let mut st = self.state.lock().await;
-        self.stop_vm(&mut st, why).await;
+        self.stop_vm(why).await;
         self.exit.send_replace(true);
     }
 
     /// containerd's Shutdown: the shim exits once no container is left.
     pub async fn shutdown(&self) -> bool {
-        let mut st = self.state.lock().await;
-        if !st.containers.is_empty() {
+        if !self.state.lock().await.containers.is_empty() {
             return false;
         }
-        self.stop_vm(&mut st, "shim shutdown").await;
+        self.stop_vm("shim shutdown").await;
         self.exit.send_replace(true);
         true
     }

@@ -393,3 +393,24 @@ async fn stdio_reaches_the_fifos_before_the_exit() {
     }
     assert_eq!(p.agent().stdin(&init), (b"ping\n".to_vec(), true));
 }
+
+#[tokio::test]
+async fn state_answers_while_a_vm_boots() {
+    let p = pod();
+    *p.launcher.boot_time.lock().unwrap() = std::time::Duration::from_millis(500);
+    let svc = p.svc.clone();
+    let req = p.bundle("c1", "{}");
+    let create = tokio::spawn(async move { svc.create(req).await });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        code(p.svc.state("c1", "").await.unwrap_err()),
+        Code::NOT_FOUND
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_millis(200),
+        "State waited for the boot"
+    );
+    create.await.unwrap().unwrap();
+    assert_eq!(p.svc.state("c1", "").await.unwrap().status, Status::Created);
+}

@@ -253,6 +253,8 @@ pub struct FakeLauncher {
     pub vm: Arc<FakeVm>,
     pub requests: Mutex<Vec<VmRequest>>,
     pub fail: Mutex<Option<String>>,
+    /// How long a boot takes.
+    pub boot_time: Mutex<Duration>,
 }
 
 impl Default for FakeLauncher {
@@ -266,6 +268,7 @@ impl Default for FakeLauncher {
             agent,
             requests: Mutex::new(Vec::new()),
             fail: Mutex::new(None),
+            boot_time: Mutex::new(Duration::ZERO),
         }
     }
 }
@@ -274,6 +277,8 @@ impl Default for FakeLauncher {
 impl VmLauncher for FakeLauncher {
     async fn launch(&self, req: &VmRequest) -> Result<RunningVm> {
         self.requests.lock().unwrap().push(req.clone());
+        let boot_time = *self.boot_time.lock().unwrap();
+        tokio::time::sleep(boot_time).await;
         if let Some(msg) = self.fail.lock().unwrap().take() {
             return Err(ShimError::VmStart(msg));
         }

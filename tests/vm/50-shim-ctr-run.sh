@@ -31,6 +31,7 @@ ldd "$busybox" 2>&1 | grep -q '=>' && skip "$busybox is not static (apt-get inst
 
 w=$(mktemp -d /tmp/husk-shim-test.XXXXXX)
 cleanup() {
+  set +e
   for p in "$w"/*.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done
   sleep 0.5
   grep -q "$w" /proc/mounts && awk -v w="$w" '$2 ~ w {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l

@@ -24,6 +24,7 @@ busybox=$(command -v busybox) || skip "no busybox (apt-get install busybox-stati
 
 w=$(mktemp -d /tmp/husk-shim-host.XXXXXX)
 cleanup() {
+  set +e
   for p in "$w"/*.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done
   sleep 0.5
   while umount -l /run/husk/shared 2>/dev/null; do :; done
@@ -34,7 +35,7 @@ trap cleanup EXIT
 mkdir -p "$w/bin" "$w/rootfs/bin" "$w/rootfs/proc" "$w/rootfs/dev" "$w/rootfs/sys" "$w/run"
 ln -s "$shim" "$w/bin/containerd-shim-husk-v2"
 cp "$busybox" "$w/rootfs/bin/busybox"
-for c in sh echo cat sleep true; do ln -s busybox "$w/rootfs/bin/$c"; done
+for c in sh echo cat sleep true test head tr; do ln -s busybox "$w/rootfs/bin/$c"; done
 
 cat > "$w/bin/vmm" <<'PY'
 #!/usr/bin/env python3
@@ -114,6 +115,18 @@ c() { timeout 120 ctr -a "$w/c.sock" "$@"; }
 # --cgroup "": no cgroupsPath (the agent on a host must not touch the host's own cgroups)
 run() { local id=$1; shift; c run --rm --cgroup "" --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" "$id" "$@"; }
 
+# --memory-limit: an allocation past it is OOM-killed (137) and reported as /tasks/oom.
+# First, because all pods share this one agent here: a GetOomEvent still waiting for an
+# earlier (gone) pod's shim would take the event (in a VM each pod has its own agent).
+c events >"$w/events.txt" 2>&1 & echo $! > "$w/events.pid"
+set +e
+c run --rm --cgroup "" --memory-limit 33554432 --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" t-oom \
+  /bin/sh -c 'a=$(head -c 134217728 /dev/zero | tr "\0" x); echo survived' </dev/null; rcoom=$?
+set -e
+[ "$rcoom" = 137 ] || fail "OOM run came back as $rcoom"
+for _ in $(seq 50); do grep -q '/tasks/oom' "$w/events.txt" && break; sleep 0.1; done
+grep -q '/tasks/oom' "$w/events.txt" || fail "no /tasks/oom event: $(cat "$w/events.txt")"
+
 out=$(run t-echo /bin/echo hello-from-husk </dev/null)
 [ "$out" = "hello-from-husk" ] || fail "echo printed '$out'"
 set +e
@@ -135,6 +148,11 @@ big=$(run t-big /bin/sh -c 'i=0; while [ $i -lt 20000 ]; do echo line-$i; i=$((i
 c run -d --cgroup "" --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" t-long /bin/sleep 1000 </dev/null
 out=$(c task exec --exec-id e1 t-long /bin/echo exec-ok </dev/null)
 [ "$out" = "exec-ok" ] || fail "exec printed '$out'"
+c task metrics t-long >"$w/metrics.txt" || fail "ctr task metrics failed"
+grep -qi 'memory' "$w/metrics.txt" || fail "no memory in metrics: $(cat "$w/metrics.txt")"
+c task ps t-long | grep -qE '^[0-9]+' || fail "ctr task ps shows no process"
+shim_pid=$(pgrep -f 'containerd-shim-husk-v2 -namespace default -id t-long')
+echo "BENCH shim_rss_mib $(awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$shim_pid/status) MiB"
 c task pause t-long
 c task ls | grep -E '^t-long +[0-9]+ +PAUSED' >/dev/null || fail "not paused: $(c task ls)"
 c task resume t-long
