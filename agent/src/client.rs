@@ -126,3 +126,15 @@ pub fn run(addr: &str, id: &str, spec_json: &[u8]) -> Result<RunOutput, ClientEr
         status,
     })
 }
+
+/// Blocks until the agent reports an OOM kill; returns the container id.
+pub fn next_oom(addr: &str, timeout: Duration) -> Result<String, ClientError> {
+    let c = connect(addr, timeout)?;
+    let ctx = ttrpc::context::with_timeout(timeout.as_nanos() as i64);
+    c.get_oom_event(ctx, &Empty::new())
+        .map(|e| e.container_id)
+        .map_err(|source| ClientError::Ttrpc {
+            addr: addr.into(),
+            source,
+        })
+}

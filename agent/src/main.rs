@@ -29,6 +29,9 @@ enum Cmd {
         /// with its status, instead of describing the agent.
         #[arg(long)]
         run: Option<PathBuf>,
+        /// Wait (up to --timeout) for an OOM event and print the container id.
+        #[arg(long)]
+        next_oom: bool,
     },
     /// Serve the agent API on a Unix socket (host tests) or vsock (`vsock://-1:1024`).
     Serve {
@@ -245,7 +248,12 @@ fn main() -> Result<()> {
             address,
             timeout,
             run,
+            next_oom,
         }) => match run {
+            None if next_oom => {
+                let d = std::time::Duration::from_secs(timeout);
+                println!("{}", husk_agent::client::next_oom(&address, d)?);
+            }
             None => {
                 let d = std::time::Duration::from_secs(timeout);
                 println!("{}", husk_agent::client::describe(&address, d)?);

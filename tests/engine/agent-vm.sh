@@ -108,6 +108,9 @@ spec '["sh","-c","dd if=/dev/zero of=/dev/null bs=48M count=1"]' '{"memory":{"li
 rc=0; "$client" ctl --address "vsock://$CID:1024" --run "$w/oom.json" >/dev/null 2>&1 || rc=$?
 [ "$rc" = 137 ] || fail "allocation past the memory limit: exit $rc, expected 137 (OOM kill)"
 echo "container past its memory limit: exit 137 (OOM-killed) in the guest"
+oom=$("$client" ctl --address "vsock://$CID:1024" --next-oom --timeout 20) || fail "no OOM event from the agent"
+[ "$oom" = ctl-run ] || fail "OOM event names $oom, expected ctl-run"
+echo "OOM event reported for container $oom"
 if grep -q "husk-agent: init" "$log"; then
     echo "init warnings:"; grep "husk-agent: init" "$log"
 fi

@@ -340,6 +340,8 @@ impl AgentCore {
         if *lock(&c.state) == Lifecycle::Running && self.reaper.try_status(c.pid).is_none() {
             return Err(CoreError::State(format!("container {id} is running")));
         }
+        // A kill that happened since the last poll is reported before the cgroup goes.
+        self.check_oom(&c);
         container::delete_with(&self.state_root(), id, true, self.reaper.as_ref())?;
         let _ = std::fs::remove_dir_all(self.bundle(id));
         lock(&self.containers).remove(id);
@@ -383,14 +385,18 @@ impl AgentCore {
     pub fn poll_oom(&self) {
         let cs: Vec<Arc<Container>> = lock(&self.containers).values().cloned().collect();
         for c in cs {
-            let Some(cg) = &c.cgroup else { continue };
-            let n = cg.oom_kills();
-            let mut seen = lock(&c.oom_seen);
-            if n > *seen {
-                *seen = n;
-                lock(&self.oom).push_back(c.id.clone());
-                self.oom_cv.notify_all();
-            }
+            self.check_oom(&c);
+        }
+    }
+
+    fn check_oom(&self, c: &Container) {
+        let Some(cg) = &c.cgroup else { return };
+        let n = cg.oom_kills();
+        let mut seen = lock(&c.oom_seen);
+        if n > *seen {
+            *seen = n;
+            lock(&self.oom).push_back(c.id.clone());
+            self.oom_cv.notify_all();
         }
     }
 
