@@ -12,7 +12,8 @@
 # skips cgroups (no cgroup v2 alone at /sys/fs/cgroup); runc still uses cgroup v1. In the
 # nested host (cgroup2 alone) all three create a cgroup.
 set -euo pipefail
-HUSK=${1:-${HUSK_AGENT:-/work/target-agent/x86_64-unknown-linux-gnu/release/husk-agent}}
+top=$(cd "$(dirname "$0")/../.." && pwd)
+HUSK=${1:-${HUSK_AGENT_STATIC:-${CARGO_TARGET_DIR:-$top/target}/x86_64-unknown-linux-gnu/release/husk-agent}}
 RUNS=${BENCH_RUNS:-30}
 if [ "$(id -u)" != 0 ]; then echo "SKIP agent benchmarks: need root"; exit 0; fi
 need=()
@@ -25,7 +26,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 if [ ! -x "$HUSK" ]; then
     echo "building static husk-agent" >&2
-    (cd "$(dirname "$0")/../.." && RUSTFLAGS='-C target-feature=+crt-static' \
+    (cd "$top" && RUSTFLAGS='-C target-feature=+crt-static' \
         cargo build --release --target x86_64-unknown-linux-gnu -p husk-agent >&2)
 fi
 HUSK=$(readlink -f "$HUSK")

@@ -8,7 +8,8 @@
 #
 # Elsewhere it prints SKIP and exits 0. Exits 1 on any failure.
 set -u
-HUSK=${1:-${HUSK_AGENT:-/work/target-agent/debug/husk-agent}}
+top=$(cd "$(dirname "$0")/../.." && pwd)
+HUSK=${1:-${HUSK_AGENT:-${CARGO_TARGET_DIR:-$top/target}/debug/husk-agent}}
 if [ "$(id -u)" != 0 ]; then echo "SKIP cgroup v2 suite: needs root"; exit 0; fi
 if [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then
     echo "SKIP cgroup v2 suite: cgroup2 is not mounted alone at /sys/fs/cgroup (run it with make nested CMD='tests/engine/cgroups.sh')"

@@ -5,7 +5,8 @@
 #
 # usage: tests/engine/diff.sh [path/to/husk-agent]
 set -u
-HUSK=${1:-${HUSK_AGENT:-/work/target-agent/debug/husk-agent}}
+top=$(cd "$(dirname "$0")/../.." && pwd)
+HUSK=${1:-${HUSK_AGENT:-${CARGO_TARGET_DIR:-$top/target}/debug/husk-agent}}
 HUSK=$(readlink -f "$HUSK")
 if [ "$(id -u)" != 0 ]; then
     echo "SKIP engine differential suite: needs root"; exit 0
