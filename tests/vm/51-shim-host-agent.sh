@@ -3,7 +3,8 @@
 # stand-in that answers the vsock handshake and splices the stream to `husk-agent serve`
 # on a Unix socket, and the "virtiofsd" binds the pod's shared directory where the agent
 # looks for it (/run/husk/shared). So containerd -> shim -> agent API -> container engine
-# run for real: output, exit codes 0/1/137, stdin piped, exec, kill, pause/resume.
+# run for real: an image (overlay rootfs), output, exit codes 0/1/137, stdin piped, OOM,
+# exec, metrics, kill, pause/resume, the VM dying, the shim killed with -9.
 # Runs inside the nested test host (cgroup v2 alone) or any root host with cgroup v2.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -129,6 +130,14 @@ grep -q '/tasks/oom' "$w/events.txt" || fail "no /tasks/oom event: $(cat "$w/eve
 
 out=$(run t-echo /bin/echo hello-from-husk </dev/null)
 [ "$out" = "hello-from-husk" ] || fail "echo printed '$out'"
+# an image: containerd hands over overlay mounts, which the shim mounts and shares
+python3 "$top/tests/images/busybox-oci.py" "$w/busybox.tar" docker.io/library/busybox:husk >/dev/null
+c image import "$w/busybox.tar" >/dev/null
+out=$(c run --rm --cgroup "" --runtime io.containerd.husk.v2 docker.io/library/busybox:husk t-img /bin/sh -c 'echo from-image; ls /etc/passwd' </dev/null)
+[ "$out" = "from-image
+/etc/passwd" ] || fail "image run printed '$out'"
+grep -q " $w/root/io.containerd.runtime.v2.task/default/t-img/rootfs " /proc/mounts && fail "t-img rootfs still mounted"
+
 set +e
 run t-exit1 /bin/sh -c 'exit 1' </dev/null; rc1=$?
 set -e
@@ -188,4 +197,4 @@ for _ in $(seq 100); do pgrep -f "containerd-shim-husk-v2 -namespace" >/dev/null
 pgrep -af "containerd-shim-husk-v2 -namespace" && fail "a shim is still running"
 pgrep -f "$w/bin/vmm" >/dev/null && fail "a vmm stand-in is still running"
 grep -q " $w/run" /proc/mounts && fail "mounts left under $w/run"
-echo "shim+agent on a host: exit codes 0/1/137, stdin, 20000 lines, exec, pause/resume, kill, vm death, shim kill -9: ok"
+echo "shim+agent on a host: image (overlay), exit codes 0/1/137, stdin, 20000 lines, OOM, exec, metrics, pause/resume, kill, vm death, shim kill -9: ok"
