@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
             mem,
             queues: vec![common::queue(size), common::queue(size), common::queue(size)],
             interrupt: common::interrupt(),
+            queue_evts: Vec::new(),
             acked_features: 0,
         },
         &mut NoRegistry,

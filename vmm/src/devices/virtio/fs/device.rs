@@ -185,8 +185,10 @@ impl VirtioDevice for Fs {
     }
 
     fn reset(&mut self, _: &mut dyn EventRegistry) {
+        // Runs on a vCPU thread (the guest wrote 0 to Status; Linux does so at reboot),
+        // which may not talk to the backend: just stop relaying its notifications. The
+        // backend goes away with the vmm.
         if matches!(self.state, State::Active(_)) {
-            let _ = self.frontend.reset_owner();
             self.state = State::Spent;
         }
     }
