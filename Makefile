@@ -32,6 +32,7 @@ test:
 	tests/run.sh
 
 bench: build kernel rootfs
+	cargo build --release -p husk-vmm
 	tests/bench/run.sh
 
 demo: deps build kernel rootfs
