@@ -17,11 +17,13 @@ for _ in $(seq 100); do [ -S "$tmp/vfsd.sock" ] && break; sleep 0.1; done
 [ -S "$tmp/vfsd.sock" ] || { cat "$tmp/vfsd.log"; fail "virtiofsd did not start"; }
 run_vmm "$tmp/fs.log" --kernel "$guest/vmlinux" --initrd "$tmp/probe.cpio" --mem 256 \
   --fs "tag=husk,socket=$tmp/vfsd.sock" \
-  --cmdline "console=ttyS0 reboot=k panic=-1 probe=fs,reboot"
-set +e; wait_vmm 180; rc=$?; set -e
+  --cmdline "console=ttyS0 reboot=k panic=-1 probe=fs"
+wait_for_line "$tmp/fs.log" 'probe: (fs ok|fs FAILED)' 180 || true
+kill -TERM "$VMM_PID" 2>/dev/null || true
+set +e; wait_vmm 30; rc=$?; set -e
 kill "$vfsd_pid" 2>/dev/null || true
 grep 'probe:' "$tmp/fs.log" || true
-[ "$rc" = 0 ] || { show "$tmp/fs.log"; cat "$tmp/vfsd.log"; fail "exit $rc, want 0"; }
+[ "$rc" = 5 ] || { show "$tmp/fs.log"; cat "$tmp/vfsd.log"; fail "exit $rc after SIGTERM, want 5"; }
 grep -q 'probe: fs read "hello from the host"' "$tmp/fs.log" || { show "$tmp/fs.log"; cat "$tmp/vfsd.log"; fail "guest could not read the share"; }
 grep -q 'probe: fs ok' "$tmp/fs.log" || { show "$tmp/fs.log"; fail "guest could not write the share"; }
 [ "$(cat "$tmp/share/from-guest.txt")" = "written by the guest" ] || fail "host does not see the guest's file"
