@@ -262,18 +262,22 @@ pub struct ChildVm {
     pid: u32,
     exit: watch::Receiver<Option<VmExit>>,
     helpers: Vec<Arc<Helper>>,
+    /// Set once `stop` began: a helper ending then is expected, not a failure.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ChildVm {
     fn watch(mut child: Child, helpers: Vec<Arc<Helper>>) -> Arc<ChildVm> {
         let pid = child.id().unwrap_or(0);
         let (tx, rx) = watch::channel(None);
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // Without its virtiofsd the VM is useless: a helper's end ends the VM.
         for h in &helpers {
-            let (h, rx) = (h.clone(), rx.clone());
+            let (h, rx, stopping) = (h.clone(), rx.clone(), stopping.clone());
             tokio::spawn(async move {
                 h.exited().await;
-                if rx.borrow().is_none() {
+                let expected = stopping.load(std::sync::atomic::Ordering::SeqCst);
+                if !expected && rx.borrow().is_none() {
                     if let Ok(pid) = i32::try_from(pid) {
                         log::warn!("virtiofsd ended: stopping the vm");
                         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -292,6 +296,7 @@ impl ChildVm {
             pid,
             exit: rx,
             helpers,
+            stopping,
         })
     }
 
@@ -327,6 +332,8 @@ impl VmProcess for ChildVm {
     }
 
     async fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if self.has_exited().is_none() {
             if let Ok(pid) = i32::try_from(self.pid) {
                 // The watcher has not reaped the child yet, so the pid is still ours.

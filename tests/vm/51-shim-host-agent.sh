@@ -111,7 +111,7 @@ HUSK_TEST_TRACE=$w/vmm-trace.log HUSK_TEST_AGENT_SOCKET=$w/agent.sock HUSK_CONFI
 echo $! > "$w/containerd.pid"
 for _ in $(seq 100); do [ -S "$w/c.sock" ] && [ -S "$w/agent.sock" ] && break; sleep 0.1; done
 show_logs() { echo "== containerd"; grep -v 'level=info msg="loading plugin' "$w/containerd.log" | tail -25; echo "== agent"; tail -20 "$w/agent.log"; echo "== vmm stand-in"; tail -20 "$w/vmm-trace.log"; }
-trap 'show_logs' ERR
+fail() { show_logs; echo "FAIL: $*" >&2; exit 1; }
 c() { timeout 120 ctr -a "$w/c.sock" "$@"; }
 # --cgroup "": no cgroupsPath (the agent on a host must not touch the host's own cgroups)
 run() { local id=$1; shift; c run --rm --cgroup "" --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" "$id" "$@"; }
