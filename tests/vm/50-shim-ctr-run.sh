@@ -36,7 +36,7 @@ trap cleanup EXIT
 mkdir -p "$w/bin" "$w/rootfs/bin" "$w/run"
 ln -s "$shim" "$w/bin/containerd-shim-husk-v2"
 cp "$busybox" "$w/rootfs/bin/busybox"
-for c in sh echo cat uname true sleep; do ln -s busybox "$w/rootfs/bin/$c"; done
+for c in sh echo cat uname true sleep nproc grep; do ln -s busybox "$w/rootfs/bin/$c"; done
 cat > "$w/husk.toml" <<TOML
 kernel = "$guest/vmlinux"
 rootfs = "$guest/rootfs.cpio"
@@ -58,9 +58,10 @@ TOML
 HUSK_CONFIG=$w/husk.toml PATH=$w/bin:$PATH setsid containerd -c "$w/containerd.toml" >"$w/containerd.log" 2>&1 &
 echo $! > "$w/containerd.pid"
 for _ in $(seq 100); do [ -S "$w/c.sock" ] && break; sleep 0.1; done
-ctr_run() { # ctr_run ID ARGS...: runs busybox ARGS in a husk VM
-  local id=$1; shift
-  timeout 300 ctr -a "$w/c.sock" run --rm --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" "$id" "$@"
+ctr_run() { # ctr_run ID [--flag value]... ARGS...: runs busybox ARGS in a husk VM
+  local id=$1 flags=(); shift
+  while [ "${1:-}" != "${1#--}" ]; do flags+=("$1" "$2"); shift 2; done
+  timeout 300 ctr -a "$w/c.sock" run --rm --runtime io.containerd.husk.v2 "${flags[@]}" --rootfs "$w/rootfs" "$id" "$@"
 }
 # The pod directory goes with the pod: keep copies of its logs for failures.
 mkdir -p "$w/logs"
@@ -83,6 +84,13 @@ guest_kernel=$(ctr_run t-uname /bin/uname -r </dev/null)
 echo "host kernel $host_kernel, guest kernel $guest_kernel"
 [ -n "$guest_kernel" ] && [ "$guest_kernel" != "$host_kernel" ] || fail "the container did not run on husk's kernel"
 
+# the VM is sized from the limits: 2 CPUs, 256 MiB (+ the guest's overhead)
+out=$(ctr_run t-size --cpus 2 --memory-limit 268435456 /bin/sh -c 'nproc; grep MemTotal /proc/meminfo' </dev/null)
+echo "sized pod sees: $(echo $out)"
+[ "$(echo "$out" | head -1)" = 2 ] || fail "nproc in a --cpus 2 pod: $out"
+memkb=$(echo "$out" | awk '/MemTotal/ {print $2}')
+[ "$memkb" -ge $((200 * 1024)) ] && [ "$memkb" -le $((320 * 1024)) ] || fail "MemTotal ${memkb} kB for a 256 MiB limit"
+
 set +e
 ctr_run t-exit1 /bin/sh -c 'exit 1' </dev/null; rc1=$?
 set -e
@@ -97,8 +105,17 @@ set +e; wait "$runpid"; rc137=$?; set -e
 out=$(echo piped-stdin | ctr_run t-cat /bin/cat)
 [ "$out" = "piped-stdin" ] || fail "cat echoed '$out'"
 
+# exec into a running container
+timeout 300 ctr -a "$w/c.sock" run -d --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" t-long /bin/sleep 1000 </dev/null
+out=$(timeout 120 ctr -a "$w/c.sock" task exec --exec-id e1 t-long /bin/echo exec-ok </dev/null)
+[ "$out" = "exec-ok" ] || fail "exec printed '$out'"
+timeout 60 ctr -a "$w/c.sock" task kill -s SIGKILL t-long
+for _ in $(seq 100); do ctr -a "$w/c.sock" task ls | grep -qE '^t-long +[0-9]+ +STOPPED' && break; sleep 0.1; done
+timeout 60 ctr -a "$w/c.sock" task delete t-long >/dev/null
+timeout 60 ctr -a "$w/c.sock" container delete t-long
+
 sleep 1
 pgrep -f "$vmm run --config $w" && fail "a husk-vmm is still running"
 pgrep -f "containerd-shim-husk-v2.*-namespace" && fail "a shim is still running"
 grep -q "$w/run" /proc/mounts && fail "mounts left under $w/run"
-echo "shim: ctr run exit codes 0/1/137, stdin, guest kernel: ok"
+echo "shim: ctr run in husk VMs: exit codes 0/1/137, stdin, exec, guest kernel, sizing: ok"
