@@ -78,7 +78,7 @@ timeout --foreground -k 10 "$TIMEOUT" qemu-system-x86_64 \
   -device virtio-9p-pci,fsdev=top,mount_tag=checkout \
   -fsdev local,id=run,path="$run",security_model=none \
   -device virtio-9p-pci,fsdev=run,mount_tag=run \
-  -device virtio-rng-pci </dev/null 2> >(grep -v "TCG doesn't support requested feature" >&2) | tr -d '\r'
+  -device virtio-rng-pci </dev/null 2> >(grep -v "TCG doesn't support requested feature" >&2) | sed -u 's/\r$//'
 qrc=${PIPESTATUS[0]}
 set -e
 log "test host ran $(( $(date +%s) - t0 ))s (qemu exit $qrc)"
