@@ -84,6 +84,12 @@ else
     SKIPPED+=("io-max (no block device in this host)"); echo "SKIP io-max: no block device here"
 fi
 
+# The device cgroup (eBPF on v2): runc's spec denies everything but the basics; mknod of any
+# node is allowed, opening /dev/mem's numbers or fuse is not; a rule can allow one back.
+DEVPROBE='rm -f /tmp/mem /tmp/fuse; mknod /tmp/mem c 1 1; mknod /tmp/fuse c 10 229; (head -c 1 /tmp/mem >/dev/null 2>&1 && echo mem-readable || echo mem-denied); (head -c 1 /dev/urandom >/dev/null && echo urandom-ok); (: > /tmp/fuse) 2>/dev/null && echo fuse-openable || echo fuse-denied'
+check devices-default 's["root"]["readonly"]=False; s["process"]["args"]=["sh","-c",'"'$DEVPROBE'"']; c=s["process"]["capabilities"]; [c[k].append("CAP_MKNOD") for k in ("bounding","effective","permitted")]'
+check devices-allow-one 's["root"]["readonly"]=False; s["process"]["args"]=["sh","-c",'"'$DEVPROBE'"']; c=s["process"]["capabilities"]; [c[k].append("CAP_MKNOD") for k in ("bounding","effective","permitted")]; s["linux"]["resources"]["devices"].append({"allow":True,"type":"c","major":10,"minor":229,"access":"rw"})'
+
 # pause / resume through the freezer, statuses compared.
 pause_cycle() {
     local id=p-life

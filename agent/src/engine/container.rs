@@ -16,7 +16,7 @@ use super::cgroups::{self, CgroupManager, CgroupV2};
 use super::process::{self, InitConfig};
 use super::rootfs::RootfsPlan;
 use super::state::{self, State, Status};
-use super::{hooks, seccomp, spec, EngineError};
+use super::{devices, hooks, seccomp, spec, EngineError};
 
 /// The state handed to hooks on stdin (the runtime spec's state object).
 pub fn hook_state(sp: &Spec, id: &str, status: Status, pid: i32, bundle: &Path) -> Vec<u8> {
@@ -309,6 +309,16 @@ pub fn spawn(
             if let Some(r) = &resources {
                 cg.set(r)?;
             }
+            // The device cgroup (an eBPF program on v2), as runc: the spec's rules, then
+            // the devices every container may use.
+            let spec_rules = linux
+                .resources()
+                .as_ref()
+                .and_then(|r| r.devices().clone())
+                .unwrap_or_default();
+            let mut rules = devices::rules(&spec_rules)?;
+            rules.extend(devices::always_allowed());
+            devices::apply(&cg.dir, &rules)?;
         }
         if let Some(adj) = sp.process().as_ref().and_then(|p| p.oom_score_adj()) {
             let p = format!("/proc/{pid}/oom_score_adj");

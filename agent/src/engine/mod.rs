@@ -6,6 +6,7 @@
 pub mod caps;
 pub mod cgroups;
 pub mod container;
+pub mod devices;
 pub mod exec;
 pub mod hooks;
 pub mod paths;
@@ -44,6 +45,9 @@ pub enum EngineError {
     /// cgroup error.
     #[error(transparent)]
     Cgroup(#[from] cgroups::CgroupError),
+    /// The device cgroup program failed.
+    #[error(transparent)]
+    Devices(#[from] devices::DevicesError),
     /// A hook failed.
     #[error(transparent)]
     Hook(#[from] hooks::HookError),
