@@ -114,8 +114,22 @@ for _ in $(seq 100); do ctr -a "$w/c.sock" task ls | grep -qE '^t-long +[0-9]+ +
 timeout 60 ctr -a "$w/c.sock" task delete t-long >/dev/null
 timeout 60 ctr -a "$w/c.sock" container delete t-long
 
+# a pod: a CRI-annotated member joins its sandbox's VM (same guest boot id)
+a=io.kubernetes.cri
+timeout 300 ctr -a "$w/c.sock" run -d --runtime io.containerd.husk.v2 \
+  --annotation $a.container-type=sandbox --annotation $a.sandbox-id=p1 --rootfs "$w/rootfs" p1 /bin/sleep 1000 </dev/null
+boot_sandbox=$(timeout 120 ctr -a "$w/c.sock" task exec --exec-id b p1 /bin/cat /proc/sys/kernel/random/boot_id </dev/null)
+boot_member=$(timeout 300 ctr -a "$w/c.sock" run --rm --runtime io.containerd.husk.v2 \
+  --annotation $a.container-type=container --annotation $a.sandbox-id=p1 --rootfs "$w/rootfs" c2 /bin/cat /proc/sys/kernel/random/boot_id </dev/null)
+[ -n "$boot_sandbox" ] && [ "$boot_sandbox" = "$boot_member" ] || fail "member ran in another VM: $boot_sandbox vs $boot_member"
+[ "$(pgrep -fc "$vmm run --config $w")" = 1 ] || fail "a pod of two containers runs $(pgrep -fc "$vmm run --config $w") vmms"
+timeout 60 ctr -a "$w/c.sock" task kill -s SIGKILL p1
+for _ in $(seq 100); do ctr -a "$w/c.sock" task ls | grep -qE '^p1 +[0-9]+ +STOPPED' && break; sleep 0.1; done
+timeout 60 ctr -a "$w/c.sock" task delete p1 >/dev/null
+timeout 60 ctr -a "$w/c.sock" container delete p1
+
 sleep 1
 pgrep -f "$vmm run --config $w" && fail "a husk-vmm is still running"
 pgrep -f "containerd-shim-husk-v2.*-namespace" && fail "a shim is still running"
 grep -q "$w/run" /proc/mounts && fail "mounts left under $w/run"
-echo "shim: ctr run in husk VMs: exit codes 0/1/137, stdin, exec, guest kernel, sizing: ok"
+echo "shim: ctr run in husk VMs: exit codes 0/1/137, stdin, exec, guest kernel, sizing, a two-container pod in one VM: ok"
