@@ -223,6 +223,11 @@ impl TryFrom<&VmConfig> for Vmm {
         let stop_evt = control.stop_evt().map_err(io("creating the stop event"))?;
         events.add_subscriber(Arc::new(Mutex::new(control)));
 
+        if cfg.seccomp {
+            crate::seccomp::report_blocked_syscalls()
+                .map_err(io("installing the SIGSYS reporter"))?;
+        }
+
         // Legacy devices.
         let console = ConsoleBuffer::new(CONSOLE_BUFFER_BYTES);
         let console_thread = spawn_output(console.clone(), console_sink(&cfg.serial)?, cfg.seccomp)

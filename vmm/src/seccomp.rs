@@ -112,13 +112,64 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     }
     let f = SeccompFilter::new(
         rules,
-        SeccompAction::KillProcess,
+        // Trap, not kill: the SIGSYS handler (see `report_blocked_syscalls`) names the
+        // syscall on stderr before the process exits, so a violation is diagnosable.
+        SeccompAction::Trap,
         SeccompAction::Allow,
         TargetArch::x86_64,
     )
     .map_err(|e| SeccompError::Build(kind, e.to_string()))?;
     f.try_into()
         .map_err(|e: seccompiler::BackendError| SeccompError::Build(kind, e.to_string()))
+}
+
+/// Exit code after a blocked syscall: the vmm's internal-error code.
+const BLOCKED_SYSCALL_EXIT: i32 = 1;
+
+/// Installs a process-wide SIGSYS handler that writes `husk-vmm: seccomp blocked syscall N`
+/// on stderr and exits with the internal-error code. Call once, before any filter.
+pub fn report_blocked_syscalls() -> std::io::Result<()> {
+    extern "C" fn on_sigsys(
+        _sig: libc::c_int,
+        info: *mut libc::siginfo_t,
+        _ctx: *mut libc::c_void,
+    ) {
+        // Only async-signal-safe work here: no allocation, no locks; write(2) and
+        // exit_group(2) are in every thread's filter.
+        // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; for SIGSYS the
+        // syscall number is the int at byte 24 (after si_signo, si_errno, si_code, padding
+        // and the 8-byte _call_addr of the _sigsys union member).
+        let nr = unsafe { std::ptr::read_unaligned((info as *const u8).add(24) as *const i32) };
+        let prefix = b"husk-vmm: seccomp blocked syscall ";
+        let mut digits = [0u8; 12];
+        let mut n = nr.unsigned_abs();
+        let mut i = digits.len() - 1;
+        digits[i] = b'\n';
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 || i == 0 {
+                break;
+            }
+        }
+        // SAFETY: writing a stack buffer to stderr and exiting; both are signal-safe.
+        unsafe {
+            libc::write(2, prefix.as_ptr().cast(), prefix.len());
+            libc::write(2, digits[i..].as_ptr().cast(), digits.len() - i);
+            libc::_exit(BLOCKED_SYSCALL_EXIT);
+        }
+    }
+    // SAFETY: an all-zero sigaction is a valid starting value.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = on_sigsys as *const () as usize;
+    act.sa_flags = libc::SA_SIGINFO;
+    // SAFETY: installing a handler for SIGSYS with a valid sigaction; no old action wanted.
+    let rc = unsafe { libc::sigaction(libc::SIGSYS, &act, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Installs the filter for `kind` on the calling thread.
@@ -130,6 +181,42 @@ pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocked_syscall_is_named_and_exits_with_internal_error() {
+        let mut fds = [0; 2];
+        // SAFETY: creating a pipe into a valid array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: fork in a test; the child only makes raw syscalls and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: stderr of the child becomes the pipe's write end.
+            unsafe { libc::dup2(fds[1], 2) };
+            if report_blocked_syscalls().is_err() || apply(ThreadKind::Console).is_err() {
+                // SAFETY: exiting the forked child.
+                unsafe { libc::_exit(10) };
+            }
+            // SAFETY: plain syscall with a static path (glibc makes it openat); the filter traps it.
+            unsafe { libc::open(c"/".as_ptr(), libc::O_RDONLY) };
+            // SAFETY: exiting the forked child.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: closing our copy of the write end.
+        unsafe { libc::close(fds[1]) };
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let mut out = [0u8; 128];
+        // SAFETY: reading into a valid buffer.
+        let n = unsafe { libc::read(fds[0], out.as_mut_ptr().cast(), out.len()) };
+        let text = String::from_utf8_lossy(&out[..n.max(0) as usize]).to_string();
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), BLOCKED_SYSCALL_EXIT);
+        assert_eq!(
+            text.trim(),
+            format!("husk-vmm: seccomp blocked syscall {}", libc::SYS_openat)
+        );
+    }
 
     #[test]
     fn every_filter_compiles() {
@@ -161,6 +248,7 @@ mod tests {
         let mut status = 0;
         // SAFETY: waiting for our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
+        // No handler installed in this child: SIGSYS's default action ends it.
         assert!(libc::WIFSIGNALED(status), "status {status:#x}");
         assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
     }
