@@ -10,6 +10,7 @@
 #   make check      husk-vmm check: what this host can do
 
 PREFIX ?= /usr/local
+VIRTIOFSD ?= $(shell command -v virtiofsd || echo $(HOME)/.cargo/bin/virtiofsd)
 CMD ?= true
 
 .PHONY: all build deps test bench demo install kernel rootfs nested check fmt clippy
@@ -56,6 +57,14 @@ install: kernel rootfs
 	install -m 755 target/release/husk-vmm target/release/containerd-shim-husk-v2 $(DESTDIR)$(PREFIX)/bin/
 	install -m 755 target/release/husk-agent $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 target/guest/vmlinux target/guest/bzImage target/guest/rootfs.cpio $(DESTDIR)$(PREFIX)/share/husk/
-	@echo "installed to $(DESTDIR)$(PREFIX); add to containerd's config.toml:"
+	install -d $(DESTDIR)/etc/husk
+	@# an existing config is the admin's: never overwritten
+	[ -f $(DESTDIR)/etc/husk/config.toml ] || printf '%s\n' \
+	  '# husk runtime config: every key has a default (see shim/src/config.rs)' \
+	  'kernel = "$(PREFIX)/share/husk/vmlinux"' \
+	  'rootfs = "$(PREFIX)/share/husk/rootfs.cpio"' \
+	  'vmm = "$(PREFIX)/bin/husk-vmm"' \
+	  'virtiofsd = "$(VIRTIOFSD)"' > $(DESTDIR)/etc/husk/config.toml
+	@echo "installed to $(DESTDIR)$(PREFIX) and $(DESTDIR)/etc/husk/config.toml; add to containerd's config.toml:"
 	@echo '  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.husk]'
 	@echo '    runtime_type = "io.containerd.husk.v2"'
