@@ -47,21 +47,11 @@ debug_console = true
 boot_timeout_secs = 120
 log_level = "debug"
 TOML
-cat > "$w/containerd.toml" <<TOML
-version = 2
-root = "$w/root"
-state = "$w/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$w/c.sock"
-TOML
-HUSK_CONFIG=$w/husk.toml PATH=$w/bin:$PATH setsid containerd -c "$w/containerd.toml" >"$w/containerd.log" 2>&1 &
-echo $! > "$w/containerd.pid"
-for _ in $(seq 100); do [ -S "$w/c.sock" ] && break; sleep 0.1; done
+start_containerd "$w" HUSK_CONFIG="$w/husk.toml" PATH="$w/bin:$PATH"
 ctr_run() { # ctr_run ID [--flag value]... ARGS...: runs busybox ARGS in a husk VM
   local id=$1 flags=(); shift
   while [ "${1:-}" != "${1#--}" ]; do flags+=("$1" "$2"); shift 2; done
-  timeout 300 ctr -a "$w/c.sock" run --rm --runtime io.containerd.husk.v2 "${flags[@]}" --rootfs "$w/rootfs" "$id" "$@"
+  timeout 300 ctr -a "$w/containerd.sock" run --rm --runtime io.containerd.husk.v2 "${flags[@]}" --rootfs "$w/rootfs" "$id" "$@"
 }
 # The pod directory goes with the pod: keep copies of its logs for failures.
 mkdir -p "$w/logs"
@@ -97,8 +87,8 @@ set -e
 [ "$rc1" = 1 ] || fail "exit 1 came back as $rc1"
 # ctr task kill -s SIGKILL: the waiting `ctr run` sees 137
 ctr_run t-kill /bin/sleep 1000 </dev/null & runpid=$!
-for _ in $(seq 600); do ctr -a "$w/c.sock" task ls 2>/dev/null | grep -qE '^t-kill +[0-9]+ +RUNNING' && break; sleep 0.1; done
-ctr -a "$w/c.sock" task kill -s SIGKILL t-kill
+for _ in $(seq 600); do ctr -a "$w/containerd.sock" task ls 2>/dev/null | grep -qE '^t-kill +[0-9]+ +RUNNING' && break; sleep 0.1; done
+ctr -a "$w/containerd.sock" task kill -s SIGKILL t-kill
 set +e; wait "$runpid"; rc137=$?; set -e
 [ "$rc137" = 137 ] || fail "SIGKILL came back as $rc137"
 
@@ -106,27 +96,27 @@ out=$(echo piped-stdin | ctr_run t-cat /bin/cat)
 [ "$out" = "piped-stdin" ] || fail "cat echoed '$out'"
 
 # exec into a running container
-timeout 300 ctr -a "$w/c.sock" run -d --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" t-long /bin/sleep 1000 </dev/null
-out=$(timeout 120 ctr -a "$w/c.sock" task exec --exec-id e1 t-long /bin/echo exec-ok </dev/null)
+timeout 300 ctr -a "$w/containerd.sock" run -d --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" t-long /bin/sleep 1000 </dev/null
+out=$(timeout 120 ctr -a "$w/containerd.sock" task exec --exec-id e1 t-long /bin/echo exec-ok </dev/null)
 [ "$out" = "exec-ok" ] || fail "exec printed '$out'"
-timeout 60 ctr -a "$w/c.sock" task kill -s SIGKILL t-long
-for _ in $(seq 100); do ctr -a "$w/c.sock" task ls | grep -qE '^t-long +[0-9]+ +STOPPED' && break; sleep 0.1; done
-timeout 60 ctr -a "$w/c.sock" task delete t-long >/dev/null
-timeout 60 ctr -a "$w/c.sock" container delete t-long
+timeout 60 ctr -a "$w/containerd.sock" task kill -s SIGKILL t-long
+for _ in $(seq 100); do ctr -a "$w/containerd.sock" task ls | grep -qE '^t-long +[0-9]+ +STOPPED' && break; sleep 0.1; done
+timeout 60 ctr -a "$w/containerd.sock" task delete t-long >/dev/null
+timeout 60 ctr -a "$w/containerd.sock" container delete t-long
 
 # a pod: a CRI-annotated member joins its sandbox's VM (same guest boot id)
 a=io.kubernetes.cri
-timeout 300 ctr -a "$w/c.sock" run -d --runtime io.containerd.husk.v2 \
+timeout 300 ctr -a "$w/containerd.sock" run -d --runtime io.containerd.husk.v2 \
   --annotation $a.container-type=sandbox --annotation $a.sandbox-id=p1 --rootfs "$w/rootfs" p1 /bin/sleep 1000 </dev/null
-boot_sandbox=$(timeout 120 ctr -a "$w/c.sock" task exec --exec-id b p1 /bin/cat /proc/sys/kernel/random/boot_id </dev/null)
-boot_member=$(timeout 300 ctr -a "$w/c.sock" run --rm --runtime io.containerd.husk.v2 \
+boot_sandbox=$(timeout 120 ctr -a "$w/containerd.sock" task exec --exec-id b p1 /bin/cat /proc/sys/kernel/random/boot_id </dev/null)
+boot_member=$(timeout 300 ctr -a "$w/containerd.sock" run --rm --runtime io.containerd.husk.v2 \
   --annotation $a.container-type=container --annotation $a.sandbox-id=p1 --rootfs "$w/rootfs" c2 /bin/cat /proc/sys/kernel/random/boot_id </dev/null)
 [ -n "$boot_sandbox" ] && [ "$boot_sandbox" = "$boot_member" ] || fail "member ran in another VM: $boot_sandbox vs $boot_member"
 [ "$(pgrep -fc "$vmm run --config $w")" = 1 ] || fail "a pod of two containers runs $(pgrep -fc "$vmm run --config $w") vmms"
-timeout 60 ctr -a "$w/c.sock" task kill -s SIGKILL p1
-for _ in $(seq 100); do ctr -a "$w/c.sock" task ls | grep -qE '^p1 +[0-9]+ +STOPPED' && break; sleep 0.1; done
-timeout 60 ctr -a "$w/c.sock" task delete p1 >/dev/null
-timeout 60 ctr -a "$w/c.sock" container delete p1
+timeout 60 ctr -a "$w/containerd.sock" task kill -s SIGKILL p1
+for _ in $(seq 100); do ctr -a "$w/containerd.sock" task ls | grep -qE '^p1 +[0-9]+ +STOPPED' && break; sleep 0.1; done
+timeout 60 ctr -a "$w/containerd.sock" task delete p1 >/dev/null
+timeout 60 ctr -a "$w/containerd.sock" container delete p1
 
 sleep 1
 pgrep -f "$vmm run --config $w" && fail "a husk-vmm is still running"

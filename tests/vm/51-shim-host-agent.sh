@@ -92,27 +92,18 @@ state_dir = "$w/run"
 boot_timeout_secs = 90
 log_level = "debug"
 TOML
-cat > "$w/containerd.toml" <<TOML
-version = 2
-root = "$w/root"
-state = "$w/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$w/c.sock"
-TOML
 # The agent on a host puts containers below /sys/fs/cgroup/husk; delegate the controllers
 # to that level (in the guest the agent does this for itself).
 mkdir -p /sys/fs/cgroup/husk
 for ctl in $(cat /sys/fs/cgroup/cgroup.controllers); do echo "+$ctl" > /sys/fs/cgroup/husk/cgroup.subtree_control 2>/dev/null || true; done
 "$agent" serve --address "unix://$w/agent.sock" --root "$w/agent-root" >"$w/agent.log" 2>&1 &
 echo $! > "$w/agent.pid"
-HUSK_TEST_TRACE=$w/vmm-trace.log HUSK_TEST_AGENT_SOCKET=$w/agent.sock HUSK_CONFIG=$w/husk.toml PATH=$w/bin:$PATH \
-  setsid containerd -c "$w/containerd.toml" >"$w/containerd.log" 2>&1 &
-echo $! > "$w/containerd.pid"
-for _ in $(seq 100); do [ -S "$w/c.sock" ] && [ -S "$w/agent.sock" ] && break; sleep 0.1; done
+for _ in $(seq 100); do [ -S "$w/agent.sock" ] && break; sleep 0.1; done
+start_containerd "$w" HUSK_TEST_TRACE="$w/vmm-trace.log" HUSK_TEST_AGENT_SOCKET="$w/agent.sock" \
+  HUSK_CONFIG="$w/husk.toml" PATH="$w/bin:$PATH"
 show_logs() { echo "== containerd"; grep -v 'level=info msg="loading plugin' "$w/containerd.log" | tail -25; echo "== agent"; tail -20 "$w/agent.log"; echo "== vmm stand-in"; tail -20 "$w/vmm-trace.log"; }
 fail() { show_logs; echo "FAIL: $*" >&2; exit 1; }
-c() { timeout 120 ctr -a "$w/c.sock" "$@"; }
+c() { timeout 120 ctr -a "$w/containerd.sock" "$@"; }
 # --cgroup "": no cgroupsPath (the agent on a host must not touch the host's own cgroups)
 run() { local id=$1; shift; c run --rm --cgroup "" --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" "$id" "$@"; }
 
