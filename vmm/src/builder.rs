@@ -283,6 +283,11 @@ impl TryFrom<&VmConfig> for Vmm {
         mptable::setup(vm.memory(), cfg.vcpus)?;
         regs::write_boot_tables(vm.memory())?;
 
+        if crate::arch::cpuid::host_is_tcg() {
+            log::info!(
+                "host is a QEMU TCG guest (nested test host): XSAVE/AVX hidden from the guest"
+            );
+        }
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
         for id in 0..cfg.vcpus {
             let v = Vcpu::new(&vm, id)?;

@@ -98,6 +98,7 @@ impl Vcpu {
         let mut cpuid = vm.supported_cpuid().clone();
         let extras = cpuid::Extras {
             tsc_deadline: vm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+            hide_xsave: cpuid::host_is_tcg(),
         };
         cpuid::normalize(&mut cpuid, self.id, n_vcpus, extras);
         self.fd.set_cpuid2(&cpuid).map_err(|err| VcpuError::Kvm {

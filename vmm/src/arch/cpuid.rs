@@ -11,7 +11,28 @@ const LEAF_HYPERVISOR: u32 = 0x4000_0000;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_EXT_APIC: u32 = 0x8000_001e;
 
+const LEAF_EXT_FEATURES: u32 = 0x7;
+const LEAF_XSAVE: u32 = 0xd;
+
+const ECX_FMA: u32 = 1 << 12;
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
+const ECX_XSAVE: u32 = 1 << 26;
+const ECX_OSXSAVE: u32 = 1 << 27;
+const ECX_AVX: u32 = 1 << 28;
+const ECX_F16C: u32 = 1 << 29;
+/// Leaf 7 EBX: AVX2 and every AVX-512 subset; all need XSAVE-managed state.
+const EBX7_AVX_FAMILY: u32 = (1 << 5)
+    | (1 << 16)
+    | (1 << 17)
+    | (1 << 21)
+    | (1 << 26)
+    | (1 << 27)
+    | (1 << 28)
+    | (1 << 30)
+    | (1 << 31);
+/// Leaf 7 ECX: AVX-512 VBMI and friends, VAES, VPCLMULQDQ (VEX/EVEX encoded, need XSAVE).
+const ECX7_AVX_FAMILY: u32 =
+    (1 << 1) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 14);
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
 /// "KVMKVMKVM\0\0\0" as three registers.
@@ -33,6 +54,36 @@ pub struct Extras {
     /// KVM_CAP_TSC_DEADLINE_TIMER: without it the guest calibrates the LAPIC timer against
     /// the PIT, which is slow and under nesting can fail outright.
     pub tsc_deadline: bool,
+    /// Hide XSAVE and everything that needs it (AVX family): the guest then manages its
+    /// FPU state with FXSAVE and never executes XSETBV. Needed where the host is itself a
+    /// QEMU TCG guest with emulated SVM: TCG does not intercept XSETBV in a nested guest,
+    /// so a guest's XCR0 write lands in the L1 host's CPU behind KVM's back (measured: the
+    /// guest's "XSAVE consistency problem" warning on every boot, a triple fault in one
+    /// boot of eight, and an L1 kernel stack overflow in a vCPU thread). See
+    /// [`host_is_tcg`].
+    pub hide_xsave: bool,
+}
+
+/// The 12-byte hypervisor signature of the machine the vmm runs on (CPUID 0x4000_0000),
+/// if it says it is virtualized.
+pub fn host_hypervisor_signature() -> Option<[u8; 12]> {
+    use std::arch::x86_64::__cpuid;
+    // CPUID is available on every x86_64 CPU and has no side effects.
+    let leaf1 = __cpuid(LEAF_FEATURES);
+    if leaf1.ecx & ECX_HYPERVISOR == 0 {
+        return None;
+    }
+    let sig = __cpuid(LEAF_HYPERVISOR);
+    let mut out = [0u8; 12];
+    out[0..4].copy_from_slice(&sig.ebx.to_le_bytes());
+    out[4..8].copy_from_slice(&sig.ecx.to_le_bytes());
+    out[8..12].copy_from_slice(&sig.edx.to_le_bytes());
+    Some(out)
+}
+
+/// Whether the host is a QEMU TCG guest ("TCGTCGTCGTCG"), i.e. the nested test host.
+pub fn host_is_tcg() -> bool {
+    host_hypervisor_signature().is_some_and(|s| &s == b"TCGTCGTCGTCG")
 }
 
 /// Normalizes one CPUID entry for vCPU `cpu_id` of `n_vcpus`.
@@ -48,6 +99,9 @@ pub fn normalize_entry_with(e: &mut kvm_cpuid_entry2, cpu_id: u8, n_vcpus: u8, e
         LEAF_FEATURES => {
             e.ebx = (e.ebx & 0x0000_ffff) | (n << 16) | (id << 24);
             e.ecx |= ECX_HYPERVISOR;
+            if extras.hide_xsave {
+                e.ecx &= !(ECX_XSAVE | ECX_OSXSAVE | ECX_AVX | ECX_FMA | ECX_F16C);
+            }
             if extras.tsc_deadline {
                 e.ecx |= ECX_TSC_DEADLINE;
             }
@@ -83,6 +137,16 @@ pub fn normalize_entry_with(e: &mut kvm_cpuid_entry2, cpu_id: u8, n_vcpus: u8, e
                     e.ecx = i & 0xff;
                 }
             }
+        }
+        LEAF_EXT_FEATURES if e.index == 0 && extras.hide_xsave => {
+            e.ebx &= !EBX7_AVX_FAMILY;
+            e.ecx &= !ECX7_AVX_FAMILY;
+        }
+        LEAF_XSAVE if extras.hide_xsave => {
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = 0;
+            e.edx = 0;
         }
         LEAF_HYPERVISOR => {
             e.eax = e.eax.max(LEAF_HYPERVISOR + 1);
@@ -132,9 +196,37 @@ mod tests {
         assert_ne!(e.ecx & ECX_HYPERVISOR, 0);
         assert_ne!(e.edx & EDX_HTT, 0);
         assert_eq!(e.ecx & ECX_TSC_DEADLINE, 0);
-        let extras = Extras { tsc_deadline: true };
+        let extras = Extras {
+            tsc_deadline: true,
+            ..Default::default()
+        };
         normalize_entry_with(&mut e, 3, 4, extras);
         assert_ne!(e.ecx & ECX_TSC_DEADLINE, 0);
+    }
+
+    #[test]
+    fn hide_xsave_clears_xsave_and_the_avx_family() {
+        let extras = Extras {
+            hide_xsave: true,
+            ..Default::default()
+        };
+        let mut l1 = entry(1, 0);
+        l1.ecx = ECX_XSAVE | ECX_OSXSAVE | ECX_AVX | ECX_FMA | 1;
+        normalize_entry_with(&mut l1, 0, 1, extras);
+        assert_eq!(l1.ecx, 1 | ECX_HYPERVISOR);
+        let mut l7 = entry(7, 0);
+        l7.ebx = (1 << 5) | (1 << 3);
+        normalize_entry_with(&mut l7, 0, 1, extras);
+        assert_eq!(l7.ebx, 1 << 3, "AVX2 gone, BMI1 kept");
+        let mut ld = entry(0xd, 0);
+        ld.eax = 7;
+        normalize_entry_with(&mut ld, 0, 1, extras);
+        assert_eq!((ld.eax, ld.ebx, ld.ecx, ld.edx), (0, 0, 0, 0));
+        // Without the flag nothing changes.
+        let mut keep = entry(0xd, 0);
+        keep.eax = 7;
+        normalize_entry(&mut keep, 0, 1);
+        assert_eq!(keep.eax, 7);
     }
 
     #[test]
