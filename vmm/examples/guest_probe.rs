@@ -7,6 +7,9 @@
 //!   checks the image's sha256.
 //! - `vsock`: listens on vsock port 1024 and echoes one connection (the host sends 64 MiB
 //!   through it); then connects to host port 5000 and sends a greeting.
+//! - `blkbench`: reads all of /dev/vda, then writes its first 64 MiB, with O_DIRECT 1 MiB
+//!   requests, and prints the guest-timed MiB/s of each (the vmm benchmark compares them
+//!   with QEMU's on the same image).
 //! - `fs`: mounts the virtio-fs tag `husk` at /mnt, reads `hello.txt`, writes
 //!   `from-guest.txt`.
 //! - `net`: gives eth0 the address 172.30.0.2/24 and brings it up, then waits (the host
@@ -71,6 +74,61 @@ fn blk() -> Result<(), String> {
         say(&format!("blk ro write refused={refused}"));
     }
     Ok(())
+}
+
+/// A 1 MiB buffer aligned to 4 KiB, as O_DIRECT needs.
+struct Aligned {
+    raw: Vec<u8>,
+    off: usize,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Aligned {
+        let raw = vec![0x5au8; len + 4096];
+        let off = raw.as_ptr().align_offset(4096);
+        Aligned { raw, off }
+    }
+    fn buf(&mut self, len: usize) -> &mut [u8] {
+        &mut self.raw[self.off..self.off + len]
+    }
+}
+
+fn blkbench() -> Result<String, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    const REQ: usize = 1 << 20;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open("/dev/vda")
+        .map_err(|e| format!("open /dev/vda: {e}"))?;
+    let mut a = Aligned::new(REQ);
+    let t0 = std::time::Instant::now();
+    let mut read = 0u64;
+    loop {
+        let n = f.read(a.buf(REQ)).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        read += n as u64;
+    }
+    let rt = t0.elapsed().as_secs_f64();
+    f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    let total = read.min(64 << 20);
+    let t0 = std::time::Instant::now();
+    let mut written = 0u64;
+    while written < total {
+        f.write_all(a.buf(REQ)).map_err(|e| format!("write: {e}"))?;
+        written += REQ as u64;
+    }
+    f.sync_all().map_err(|e| format!("fsync: {e}"))?;
+    let wt = t0.elapsed().as_secs_f64();
+    let mib = |b: u64, t: f64| b as f64 / (1 << 20) as f64 / t.max(1e-6);
+    Ok(format!(
+        "read_mib_s={:.1} write_mib_s={:.1} read_bytes={read}",
+        mib(read, rt),
+        mib(written, wt)
+    ))
 }
 
 fn vsock_socket() -> Result<std::fs::File, String> {
@@ -223,6 +281,10 @@ fn main() {
             "blk" => match blk() {
                 Ok(()) => say("blk ok"),
                 Err(e) => say(&format!("blk FAILED {e}")),
+            },
+            "blkbench" => match blkbench() {
+                Ok(r) => say(&format!("blkbench {r}")),
+                Err(e) => say(&format!("blkbench FAILED {e}")),
             },
             "vsock" => match vsock() {
                 Ok(()) => say("vsock ok"),
