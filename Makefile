@@ -8,12 +8,15 @@
 #   make rootfs     guest initramfs -> target/guest/rootfs.cpio
 #   make nested CMD='...'   run a command where real KVM is (nested test host, or directly)
 #   make check      husk-vmm check: what this host can do
+#   make vmm-release  the shipped vmm: static, size-optimized -> $(VMM_RELEASE)
 
 PREFIX ?= /usr/local
 VIRTIOFSD ?= $(shell command -v virtiofsd || echo $(HOME)/.cargo/bin/virtiofsd)
 CMD ?= true
+# The vmm as shipped and benchmarked: static, size-optimized (profile `vmm` in Cargo.toml).
+VMM_RELEASE := target/x86_64-unknown-linux-gnu/vmm/husk-vmm
 
-.PHONY: all build deps test bench demo install kernel rootfs nested check fmt clippy
+.PHONY: all build deps test bench demo install kernel rootfs nested check fmt clippy vmm-release
 
 all: build kernel rootfs
 
@@ -32,9 +35,13 @@ rootfs:
 test:
 	tests/run.sh
 
-bench: build kernel rootfs
-	cargo build --release -p husk-vmm
-	tests/bench/run.sh
+vmm-release:
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
+	  cargo build --profile vmm --target x86_64-unknown-linux-gnu -p husk-vmm
+
+bench: build kernel rootfs vmm-release
+	cargo build --release -p containerd-shim-husk-v2
+	HUSK_VMM=$(CURDIR)/$(VMM_RELEASE) tests/bench/run.sh
 
 demo: deps build kernel rootfs
 	tests/demo.sh
@@ -51,10 +58,10 @@ fmt:
 clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 
-install: kernel rootfs
+install: kernel rootfs vmm-release
 	cargo build --release --workspace
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/husk
-	install -m 755 target/release/husk-vmm target/release/containerd-shim-husk-v2 $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 $(VMM_RELEASE) target/release/containerd-shim-husk-v2 $(DESTDIR)$(PREFIX)/bin/
 	install -m 755 target/release/husk-agent $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 target/guest/vmlinux target/guest/bzImage target/guest/rootfs.cpio $(DESTDIR)$(PREFIX)/share/husk/
 	install -d $(DESTDIR)/etc/husk

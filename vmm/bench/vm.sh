@@ -8,7 +8,7 @@
 #   BENCH vmm_blk_{read,write}_mib_s / qemu_blk_{read,write}_mib_s / vmm_blk_{read,write}_
 #     ratio_vs_qemu: the guest reads a 256 MiB raw image whole and writes 64 MiB, O_DIRECT
 #     1 MiB requests, timed in the guest; the same image under both (host page cache warm)
-# Uses the release husk-vmm ($HUSK_VMM or target/release/husk-vmm). Rounds: $ROUNDS (3).
+# Uses $HUSK_VMM (make bench: the static size-optimized `make vmm-release` build), else target/release/husk-vmm. Rounds: $ROUNDS (3).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
