@@ -76,6 +76,8 @@ impl std::fmt::Display for ProcessRef {
 pub struct SandboxRequest {
     pub pod_id: String,
     pub hostname: String,
+    /// Name servers for the guest's /etc/resolv.conf (IP addresses).
+    pub dns: Vec<String>,
     /// virtio-fs tag under which the pod's shared directory is exported.
     pub shared_fs_tag: String,
 }

@@ -111,6 +111,7 @@ impl AgentClient for TtrpcAgent {
         let r = pb::CreateSandboxRequest {
             pod_id: req.pod_id,
             hostname: req.hostname,
+            dns: req.dns,
             shared_fs_tag: req.shared_fs_tag,
             time_unix_nanos: i64::try_from(now.as_nanos()).unwrap_or(0),
             ..Default::default()

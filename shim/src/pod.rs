@@ -93,6 +93,72 @@ pub fn vm_size(spec: &BundleSpec, cfg: &Config) -> VmSize {
     VmSize { vcpus, memory_mib }
 }
 
+/// The pod's hostname: the spec's, else the host's (a new UTS namespace under runc starts
+/// with the host's name, so a container sees the same under husk). Empty if neither is a
+/// valid hostname (the guest then keeps its own).
+pub fn pod_hostname(spec: &BundleSpec, host: impl FnOnce() -> Option<String>) -> String {
+    let name = match spec.hostname() {
+        Some(h) => Some(h.to_string()),
+        None => host(),
+    };
+    name.filter(|h| valid_hostname(h)).unwrap_or_default()
+}
+
+/// At most 64 bytes (the kernel's limit), letters, digits, '-', '.' and '_'.
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 64
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
+/// The host's hostname.
+pub fn host_hostname() -> Option<String> {
+    nix::unistd::gethostname().ok()?.into_string().ok()
+}
+
+/// Name servers a resolver reads (glibc's MAXNS).
+const MAX_NAMESERVERS: usize = 3;
+/// A resolv.conf larger than this is not read.
+const MAX_RESOLV_CONF: u64 = 64 * 1024;
+
+/// The `nameserver` addresses of resolv.conf text (valid IP addresses only, at most 3).
+pub fn nameservers(resolv_conf: &str) -> Vec<String> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then(|| w.next())?
+        })
+        .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+        .take(MAX_NAMESERVERS)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The pod's DNS servers: those of the file the spec bind-mounts at /etc/resolv.conf (CRI
+/// writes one per sandbox); none when there is no such mount or it cannot be read.
+pub fn pod_dns(spec: &BundleSpec) -> Vec<String> {
+    use std::io::Read;
+    let Some(m) = spec
+        .mounts()
+        .into_iter()
+        .find(|m| m.destination == "/etc/resolv.conf" && m.is_bind())
+    else {
+        return Vec::new();
+    };
+    let mut text = String::new();
+    match std::fs::File::open(&m.source)
+        .and_then(|f| f.take(MAX_RESOLV_CONF).read_to_string(&mut text))
+    {
+        Ok(_) => nameservers(&text),
+        Err(e) => {
+            log::warn!("reading {}: {e}", m.source);
+            Vec::new()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +207,41 @@ mod tests {
                 pod_id: "c3".into()
             }
         );
+    }
+
+    #[test]
+    fn hostname() {
+        let host = || Some("node-a".to_string());
+        assert_eq!(
+            pod_hostname(&spec(r#"{"hostname":"web-1"}"#), host),
+            "web-1"
+        );
+        assert_eq!(pod_hostname(&spec("{}"), host), "node-a");
+        assert_eq!(pod_hostname(&spec("{}"), || None), "");
+        assert_eq!(pod_hostname(&spec(r#"{"hostname":"a b"}"#), host), "");
+        let long = format!(r#"{{"hostname":"{}"}}"#, "h".repeat(65));
+        assert_eq!(pod_hostname(&spec(&long), host), "");
+    }
+
+    #[test]
+    fn dns() {
+        let text = "# generated\nsearch example.com\nnameserver 10.96.0.10\nnameserver  ::1 \n\
+                    nameserver not-an-ip\nnameserver\nnameserver 1.1.1.1\nnameserver 8.8.8.8\n";
+        assert_eq!(nameservers(text), ["10.96.0.10", "::1", "1.1.1.1"]);
+        assert!(nameservers("").is_empty());
+        let dir = crate::testutil::TempDir::new("dns");
+        let f = dir.path().join("resolv.conf");
+        std::fs::write(&f, "nameserver 192.0.2.53\n").unwrap();
+        let s = spec(&format!(
+            r#"{{"mounts":[{{"destination":"/etc/resolv.conf","type":"bind","source":"{}","options":["rbind","ro"]}}]}}"#,
+            f.display()
+        ));
+        assert_eq!(pod_dns(&s), ["192.0.2.53"]);
+        assert!(pod_dns(&spec("{}")).is_empty());
+        let missing = spec(
+            r#"{"mounts":[{"destination":"/etc/resolv.conf","type":"bind","source":"/nonexistent/r"}]}"#,
+        );
+        assert!(pod_dns(&missing).is_empty());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::{Result, ShimError};
 use crate::events::{Event, EventSink, StdioPaths};
 use crate::io::ProcessIo;
-use crate::pod::{vm_size, PodRole};
+use crate::pod::{host_hostname, pod_dns, pod_hostname, vm_size, PodRole};
 use crate::process::{Op, Status, StatusCell};
 use crate::share::{RootfsMount, RootfsShare};
 use crate::spec::BundleSpec;
@@ -205,7 +205,8 @@ impl PodService {
             };
             let sandbox = SandboxRequest {
                 pod_id: pod_id.clone(),
-                hostname: String::new(),
+                hostname: pod_hostname(&spec, host_hostname),
+                dns: pod_dns(&spec),
                 shared_fs_tag: SHARED_FS_TAG.into(),
             };
             if let Err(e) = vm.agent.create_sandbox(sandbox).await {

@@ -128,6 +128,14 @@ impl BundleSpec {
             .unwrap_or(false)
     }
 
+    /// The spec's `hostname`, when set.
+    pub fn hostname(&self) -> Option<&str> {
+        self.raw
+            .get("hostname")
+            .and_then(Value::as_str)
+            .filter(|h| !h.is_empty())
+    }
+
     pub fn mounts(&self) -> Vec<SpecMount> {
         let Some(list) = self.raw.get("mounts").and_then(Value::as_array) else {
             return Vec::new();
@@ -198,6 +206,8 @@ mod tests {
                 "x-unknown":{"kept":true}}"#,
         );
         assert!(s.terminal());
+        assert_eq!(s.hostname(), None);
+        assert_eq!(spec(r#"{"hostname":"web-1"}"#).hostname(), Some("web-1"));
         assert!(s.root_readonly());
         assert_eq!(s.root_path(Path::new("/b")), PathBuf::from("/b/rootfs"));
         let abs = spec(r#"{"root":{"path":"/srv/root"}}"#);
