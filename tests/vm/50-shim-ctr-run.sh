@@ -4,63 +4,8 @@
 # piped, the guest's kernel, and nothing left running or mounted afterwards.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-[ -e /dev/kvm ] || skip "no /dev/kvm"
-if [ -e /sys/module/kvm_pvm ] || ! grep -qE 'vmx|svm' /proc/cpuinfo; then
-  skip "this /dev/kvm cannot boot the guest at speed (PVM or emulation): run in the nested test host"
-fi
-command -v containerd >/dev/null && command -v ctr >/dev/null || skip "containerd not installed (apt-get install containerd)"
-bin() { # bin NAME ENVVAR: the first built copy of NAME
-  local n=$1 v=${!2:-} c
-  [ -n "$v" ] && { echo "$v"; return; }
-  for c in "$top/target/debug/$n" "$top/target/release/$n" "${CARGO_TARGET_DIR:-/nonexistent}/debug/$n" /usr/local/bin/"$n"; do
-    [ -x "$c" ] && { echo "$c"; return; }
-  done
-}
-shim=$(bin containerd-shim-husk-v2 HUSK_SHIM); [ -n "$shim" ] || fail "no containerd-shim-husk-v2: run make"
-vmm=$(bin husk-vmm HUSK_VMM); [ -n "$vmm" ] || fail "no husk-vmm: run make"
-vfsd=${HUSK_VIRTIOFSD:-$(command -v virtiofsd || echo "$HOME/.cargo/bin/virtiofsd")}
-[ -x "$vfsd" ] || skip "no virtiofsd (cargo install virtiofsd)"
-[ -f "$guest/vmlinux" ] && [ -f "$guest/rootfs.cpio" ] || fail "missing $guest/{vmlinux,rootfs.cpio}: run make"
-busybox=$(command -v busybox) || skip "no busybox (apt-get install busybox-static)"
-ldd "$busybox" 2>&1 | grep -q '=>' && skip "$busybox is not static (apt-get install busybox-static)"
-
-w=$(mktemp -d /tmp/husk-shim-test.XXXXXX)
-cleanup() {
-  set +e
-  for p in "$w"/*.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done
-  sleep 0.5
-  grep -q "$w" /proc/mounts && awk -v w="$w" '$2 ~ w {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
-  rm -rf "$w"
-}
-trap cleanup EXIT
-mkdir -p "$w/bin" "$w/rootfs/bin" "$w/run"
-ln -s "$shim" "$w/bin/containerd-shim-husk-v2"
-cp "$busybox" "$w/rootfs/bin/busybox"
-for c in sh echo cat uname true sleep nproc grep; do ln -s busybox "$w/rootfs/bin/$c"; done
-cat > "$w/husk.toml" <<TOML
-kernel = "$guest/vmlinux"
-rootfs = "$guest/rootfs.cpio"
-vmm = "$vmm"
-virtiofsd = "$vfsd"
-state_dir = "$w/run"
-debug_console = true
-boot_timeout_secs = 120
-log_level = "debug"
-TOML
-start_containerd "$w" HUSK_CONFIG="$w/husk.toml" PATH="$w/bin:$PATH"
-ctr_run() { # ctr_run ID [--flag value]... ARGS...: runs busybox ARGS in a husk VM
-  local id=$1 flags=(); shift
-  while [ "${1:-}" != "${1#--}" ]; do flags+=("$1" "$2"); shift 2; done
-  timeout 300 ctr -a "$w/containerd.sock" run --rm --runtime io.containerd.husk.v2 "${flags[@]}" --rootfs "$w/rootfs" "$id" "$@"
-}
-# The pod directory goes with the pod: keep copies of its logs for failures.
-mkdir -p "$w/logs"
-( while sleep 0.5; do for f in "$w"/run/*/console.log "$w"/run/*/vmm.log "$w"/run/*/virtiofsd.log; do [ -f "$f" ] && cp "$f" "$w/logs/"; done; done ) &
-echo $! > "$w/logcopy.pid"
-show_logs() {
-  grep -v 'loading plugin\|skip plugin\|devmapper' "$w/containerd.log" | tail -15
-  for f in "$w"/logs/*; do [ -f "$f" ] && { echo "== $f"; tail -25 "$f"; }; done
-}
+shim_vm_require
+shim_vm_setup husk-shim-test sh echo cat uname true sleep nproc grep
 fail() { show_logs; echo "FAIL: $*" >&2; exit 1; }
 
 t0=$(date +%s%N)
@@ -118,8 +63,5 @@ for _ in $(seq 100); do ctr -a "$w/containerd.sock" task ls | grep -qE '^p1 +[0-
 timeout 60 ctr -a "$w/containerd.sock" task delete p1 >/dev/null
 timeout 60 ctr -a "$w/containerd.sock" container delete p1
 
-sleep 1
-pgrep -f "$vmm run --config $w" && fail "a husk-vmm is still running"
-pgrep -f "containerd-shim-husk-v2.*-namespace" && fail "a shim is still running"
-grep -q "$w/run" /proc/mounts && fail "mounts left under $w/run"
+assert_nothing_left
 echo "shim: ctr run in husk VMs: exit codes 0/1/137, stdin, exec, guest kernel, sizing, a two-container pod in one VM: ok"

@@ -47,3 +47,119 @@ TOML
   for _ in $(seq 100); do [ -S "$dir/containerd.sock" ] && return 0; sleep 0.1; done
   echo "containerd did not start:" >&2; tail -20 "$dir/containerd.log" >&2; return 1
 }
+
+# ---- the shim through containerd and real VMs (tests 50, 52; bench 50) ---------------------
+
+# first_built NAME ENVVAR: $ENVVAR if set, else the first built copy of NAME
+first_built() {
+  local n=$1 v=${!2:-} c
+  [ -n "$v" ] && { echo "$v"; return; }
+  for c in "$top/target/debug/$n" "$top/target/release/$n" "${CARGO_TARGET_DIR:-/nonexistent}/debug/$n" /usr/local/bin/"$n"; do
+    [ -x "$c" ] && { echo "$c"; return; }
+  done
+}
+
+# shim_vm_require: skips unless this host can run husk pods under containerd (real KVM,
+# containerd, virtiofsd, static busybox); sets shim, vmm, vfsd and busybox
+shim_vm_require() {
+  [ -e /dev/kvm ] || skip "no /dev/kvm"
+  if [ -e /sys/module/kvm_pvm ] || ! grep -qE 'vmx|svm' /proc/cpuinfo; then
+    skip "this /dev/kvm cannot boot the guest at speed (PVM or emulation): run in the nested test host"
+  fi
+  command -v containerd >/dev/null && command -v ctr >/dev/null || skip "containerd not installed (apt-get install containerd)"
+  shim=$(first_built containerd-shim-husk-v2 HUSK_SHIM); [ -n "$shim" ] || fail "no containerd-shim-husk-v2: run make"
+  vmm=$(first_built husk-vmm HUSK_VMM); [ -n "$vmm" ] || fail "no husk-vmm: run make"
+  vfsd=${HUSK_VIRTIOFSD:-$(command -v virtiofsd || echo "$HOME/.cargo/bin/virtiofsd")}
+  [ -x "$vfsd" ] || skip "no virtiofsd (cargo install virtiofsd)"
+  [ -f "$guest/vmlinux" ] && [ -f "$guest/rootfs.cpio" ] || fail "missing $guest/{vmlinux,rootfs.cpio}: run make"
+  busybox=$(command -v busybox) || skip "no busybox (apt-get install busybox-static)"
+  if ldd "$busybox" 2>&1 | grep -q '=>'; then skip "$busybox is not static (apt-get install busybox-static)"; fi
+}
+
+# shim_vm_setup PREFIX APPLET...: a work dir $w (removed on exit, with whatever still runs
+# or is mounted under it), a busybox rootfs $w/rootfs with the applets, a husk config,
+# containerd running the shim; defines ctr_run, c (ctr on this containerd), show_logs and a
+# fail that shows the logs first. Pod logs are copied to $w/logs as they are written.
+shim_vm_setup() {
+  local prefix=$1 a; shift
+  w=$(mktemp -d "/tmp/$prefix.XXXXXX")
+  trap shim_vm_cleanup EXIT
+  mkdir -p "$w/bin" "$w/rootfs/bin" "$w/rootfs/tmp" "$w/run" "$w/logs"
+  ln -s "$shim" "$w/bin/containerd-shim-husk-v2"
+  cp "$busybox" "$w/rootfs/bin/busybox"
+  for a in "$@"; do ln -s busybox "$w/rootfs/bin/$a"; done
+  cat > "$w/husk.toml" <<TOML
+kernel = "$guest/vmlinux"
+rootfs = "$guest/rootfs.cpio"
+vmm = "$vmm"
+virtiofsd = "$vfsd"
+state_dir = "$w/run"
+debug_console = ${HUSK_TEST_DEBUG_CONSOLE:-true}
+boot_timeout_secs = 120
+log_level = "${HUSK_TEST_LOG_LEVEL:-debug}"
+TOML
+  start_containerd "$w" HUSK_CONFIG="$w/husk.toml" PATH="$w/bin:$PATH"
+  # The pod directory goes with the pod: keep copies of its logs for failures.
+  ( while sleep 0.5; do for f in "$w"/run/*/console.log "$w"/run/*/vmm.log "$w"/run/*/virtiofsd.log; do
+      [ -f "$f" ] && cp "$f" "$w/logs/$(basename "$(dirname "$f")")-$(basename "$f")"; done; done ) &
+  echo $! > "$w/logcopy.pid"
+}
+
+shim_vm_cleanup() {
+  set +e
+  local p
+  for p in "$w"/*.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done
+  sleep 0.5
+  # what a failed test left of its pods (pid files: "<pid> <start time>")
+  for p in "$w"/run/*/*.pid; do [ -f "$p" ] && kill -9 "$(cut -d' ' -f1 "$p")" 2>/dev/null; done
+  awk -v w="$w" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
+  rm -rf "$w"
+}
+
+# c ARGS...: ctr against the test's containerd
+c() { timeout "${CTR_TIMEOUT:-300}" ctr -a "$w/containerd.sock" "$@"; }
+
+# ctr_run ID [--flag value]... ARGS...: runs busybox ARGS in a husk VM (--rm, foreground)
+ctr_run() {
+  local id=$1 flags=(); shift
+  while [ "${1:-}" != "${1#--}" ]; do flags+=("$1" "$2"); shift 2; done
+  c run --rm --runtime io.containerd.husk.v2 "${flags[@]}" --rootfs "$w/rootfs" "$id" "$@"
+}
+
+# wait_task_state ID STATE [TIMEOUT_S]: until `ctr task ls` shows the task in STATE
+wait_task_state() {
+  local id=$1 state=$2 i
+  for i in $(seq $((${3:-60} * 10))); do
+    c task ls 2>/dev/null | grep -qE "^$id +[0-9]+ +$state" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# kill_and_delete ID: SIGKILL, wait for STOPPED, delete task and container
+kill_and_delete() {
+  c task kill -s SIGKILL "$1" 2>/dev/null || true
+  wait_task_state "$1" STOPPED 60 || true
+  c task delete "$1" >/dev/null
+  c container delete "$1"
+}
+
+show_logs() {
+  grep -v 'loading plugin\|skip plugin\|devmapper' "$w/containerd.log" | tail -15
+  local f
+  for f in "$w"/logs/*; do [ -f "$f" ] && { echo "== $f"; tail -25 "$f"; }; done
+}
+
+# assert_nothing_left: no vmm, virtiofsd or shim of this test running, nothing mounted
+assert_nothing_left() {
+  local i
+  for i in $(seq 50); do
+    pgrep -f -- "--config $w/" >/dev/null || pgrep -f "virtiofsd.*$w/" >/dev/null || pgrep -f "containerd-shim-husk-v2.*-address $w/" >/dev/null || break
+    sleep 0.1
+  done
+  pgrep -af -- "--config $w/" && fail "a husk-vmm is still running"
+  pgrep -af "virtiofsd.*$w/" && fail "a virtiofsd is still running"
+  pgrep -af "containerd-shim-husk-v2.*-address $w/" && fail "a shim is still running"
+  grep "$w/run" /proc/mounts && fail "mounts left under $w/run"
+  return 0
+}

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# The shim's containerd features through Debian's containerd 1.6 and real husk VMs:
+# `ctr run -t` with a window size and a resize, `ctr task kill` with SIGTERM,
+# pause/resume, an OOM past --memory-limit, --cpus 1, env/cwd/user/hostname, read-only and
+# read-write bind mounts, 8 MiB of output checked whole, five pods at once, and nothing
+# left running or mounted afterwards.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+shim_vm_require
+command -v script >/dev/null || skip "no script(1) (util-linux)"
+command -v python3 >/dev/null || skip "no python3"
+shim_vm_setup husk-shim-features sh echo cat true sleep nproc grep stty id pwd head tr hostname uname touch
+fail() { show_logs; echo "FAIL: $*" >&2; exit 1; }
+ctr_path=$(command -v ctr)
+# HUSK_SHIM_FEATURES="tty oom ...": only those parts (while debugging one)
+want() { [ -z "${HUSK_SHIM_FEATURES:-}" ] || [[ " $HUSK_SHIM_FEATURES " == *" $1 "* ]]; }
+
+if want tty; then
+# --- ctr run -t: the container's terminal has the size of ctr's, then follows a resize
+# (ctr sends ResizePty at start and on SIGWINCH). The container waits for the change.
+cat > "$w/tty.sh" <<EOF
+stty rows 33 cols 77
+$ctr_path -a $w/containerd.sock run -t --rm --runtime io.containerd.husk.v2 --rootfs $w/rootfs t-tty \\
+  /bin/sh -c 'echo "size1 \$(stty size)"; i=0; while [ "\$(stty size)" = "33 77" ] && [ \$i -lt 1200 ]; do sleep 0.1; i=\$((i+1)); done; echo "size2 \$(stty size)"; tty' </dev/tty &
+ctrpid=\$!
+for i in \$(seq 1200); do grep -q size1 $w/tty.out 2>/dev/null && break; kill -0 \$ctrpid 2>/dev/null || break; sleep 0.1; done
+stty rows 40 cols 100
+kill -WINCH \$ctrpid
+wait \$ctrpid
+EOF
+timeout -k 10 300 script -qec "bash $w/tty.sh" /dev/null > "$w/tty.out" </dev/null || fail "ctr run -t: exit $?: $(cat "$w/tty.out")"
+# (script's NUL on its empty stdin comes back echoed as "^@")
+tr -d '\r' < "$w/tty.out" | sed 's/^\^@//' > "$w/tty.txt"
+echo "ctr run -t printed: $(tr '\n' '|' < "$w/tty.txt")"
+grep -qx 'size1 33 77' "$w/tty.txt" || fail "the container's terminal did not start at 33x77"
+grep -qx 'size2 40 100' "$w/tty.txt" || fail "the container did not see the resize to 40x100"
+grep -qx '/dev/pts/[0-9]*' "$w/tty.txt" || fail "stdin is not a pty in the container"
+
+fi
+if want sigterm; then
+# --- ctr task kill -s SIGTERM: the container's handler runs (exit 42)
+ctr_run t-term /bin/sh -c 'trap "exit 42" TERM; echo ready; while :; do sleep 0.1; done' </dev/null > "$w/term.out" & runpid=$!
+wait_task_state t-term RUNNING 300 || fail "t-term never ran"
+for _ in $(seq 300); do grep -q ready "$w/term.out" && break; sleep 0.1; done
+c task kill -s SIGTERM t-term
+set +e; wait "$runpid"; rc=$?; set -e
+[ "$rc" = 42 ] || fail "SIGTERM with a handler came back as $rc"
+echo "SIGTERM: handler ran, exit $rc"
+
+fi
+if want pause; then
+# --- pause/resume: PAUSED, then running again and making progress
+c run -d --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" t-pause \
+  /bin/sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' </dev/null
+wait_task_state t-pause RUNNING 300 || fail "t-pause never ran"
+c task pause t-pause
+c task ls | grep -qE '^t-pause +[0-9]+ +PAUSED' || fail "not PAUSED after pause: $(c task ls)"
+c task resume t-pause
+c task ls | grep -qE '^t-pause +[0-9]+ +RUNNING' || fail "not RUNNING after resume: $(c task ls)"
+n1=$(c task exec --exec-id r1 t-pause /bin/cat /tmp/count </dev/null)
+sleep 1
+n2=$(c task exec --exec-id r2 t-pause /bin/cat /tmp/count </dev/null)
+[ "$n2" -gt "$n1" ] || fail "the resumed container makes no progress ($n1 then $n2)"
+echo "pause/resume: PAUSED, RUNNING, counter $n1 -> $n2"
+kill_and_delete t-pause
+
+fi
+if want oom; then
+# --- --memory-limit: an allocation past it is OOM-killed and reported
+c events > "$w/events.txt" 2>&1 & echo $! > "$w/events.pid"
+set +e
+ctr_run t-oom --memory-limit 33554432 /bin/sh -c 'a=$(head -c 134217728 /dev/zero | tr "\0" x); echo survived' </dev/null; rc=$?
+set -e
+for _ in $(seq 50); do grep -q '/tasks/oom' "$w/events.txt" && break; sleep 0.1; done
+[ "$rc" = 137 ] || fail "a 128 MiB allocation under a 32 MiB limit came back as $rc"
+grep -q '/tasks/oom' "$w/events.txt" || fail "no /tasks/oom event: $(grep t-oom "$w/events.txt")"
+echo "OOM: exit $rc, $(grep -c /tasks/oom "$w/events.txt") /tasks/oom event(s)"
+
+fi
+if want cpus; then
+# --- --cpus 1: one CPU inside
+out=$(ctr_run t-cpu1 --cpus 1 /bin/nproc </dev/null)
+[ "$out" = 1 ] || fail "nproc with --cpus 1: $out"
+
+fi
+if want user; then
+# --- env, cwd; user and hostname through a full spec (this ctr has no --user/--hostname)
+out=$(ctr_run t-env --env HUSK_TEST=env-ok --cwd /tmp /bin/sh -c 'echo "$HUSK_TEST $(pwd)"' </dev/null)
+[ "$out" = "env-ok /tmp" ] || fail "env/cwd: $out"
+c oci spec > "$w/spec-base.json"
+python3 - "$w/spec-base.json" "$w/spec-user.json" "$w/rootfs" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+s["process"]["user"] = {"uid": 1000, "gid": 1000}
+s["process"]["args"] = ["/bin/sh", "-c", "echo $(id -u) $(id -g) $(hostname)"]
+s["process"]["terminal"] = False
+s["hostname"] = "husk-pod-1"
+s["root"] = {"path": sys.argv[3]}
+json.dump(s, open(sys.argv[2], "w"))
+PY
+out=$(c run --rm --runtime io.containerd.husk.v2 --config "$w/spec-user.json" t-user </dev/null)
+[ "$out" = "1000 1000 husk-pod-1" ] || fail "user 1000:1000 and hostname husk-pod-1: got '$out'"
+# without a hostname in the spec the container shows the host's name, as with runc
+out=$(ctr_run t-host /bin/uname -n </dev/null)
+[ "$out" = "$(uname -n)" ] || fail "hostname without one in the spec: '$out', host '$(uname -n)'"
+echo "env/cwd/user/hostname: ok"
+
+fi
+if want mounts; then
+# --- bind mounts: read-only stays read-only, read-write is written through to the host
+mkdir -p "$w/vol-ro" "$w/vol-rw"
+echo ro-content > "$w/vol-ro/f"
+out=$(ctr_run t-mounts --mount "type=bind,src=$w/vol-ro,dst=/ro,options=rbind:ro" \
+  --mount "type=bind,src=$w/vol-rw,dst=/rw,options=rbind:rw" \
+  /bin/sh -c 'cat /ro/f; touch /ro/new 2>/dev/null && echo ro-writable; echo rw-content > /rw/new && echo rw-ok' </dev/null)
+echo "mounts: $(echo $out)"
+[ "$out" = "$(printf 'ro-content\nrw-ok')" ] || fail "bind mounts: $out"
+[ ! -e "$w/vol-ro/new" ] || fail "the container wrote into the read-only volume"
+[ "$(cat "$w/vol-rw/new")" = rw-content ] || fail "the read-write volume's file on the host: $(cat "$w/vol-rw/new" 2>&1)"
+
+fi
+if want big; then
+# --- 8 MiB of output arrives whole
+head -c 8388608 /dev/urandom > "$w/rootfs/big"
+want=$(sha256sum < "$w/rootfs/big")
+t0=$(date +%s%N)
+got=$(ctr_run t-big /bin/cat /big </dev/null | sha256sum)
+echo "8 MiB stdout: $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+[ "$got" = "$want" ] || fail "8 MiB of stdout arrived changed ($got, want $want)"
+
+fi
+if want pods; then
+# --- five pods at once, then nothing left
+t0=$(date +%s%N)
+pids=()
+for i in 1 2 3 4 5; do
+  c run -d --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" "p$i" /bin/sleep 1000 </dev/null & pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p" || fail "a ctr run -d of the five pods failed"; done
+for i in 1 2 3 4 5; do wait_task_state "p$i" RUNNING 300 || fail "pod p$i not running: $(c task ls)"; done
+echo "five pods running after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+n=$(pgrep -fc -- "--config $w/run/" || true)
+[ "$n" = 5 ] || fail "five pods run $n vmms"
+pids=()
+for i in 1 2 3 4 5; do kill_and_delete "p$i" & pids+=($!); done
+for p in "${pids[@]}"; do wait "$p" || fail "deleting one of the five pods failed"; done
+c task ls | grep -E '^p[1-5] ' && fail "tasks left: $(c task ls)"
+fi
+assert_nothing_left
+echo "shim features: tty and resize, SIGTERM, pause/resume, OOM, --cpus 1, env/cwd/user/hostname, ro/rw binds, 8 MiB output, five pods: ok"
