@@ -64,7 +64,9 @@ for r in $(seq "$ROUNDS"); do
   hr+=("$(echo "$l" | field read_mib_s)"); hw+=("$(echo "$l" | field write_mib_s)")
   VM_CMDLINE="probe=blkbench,reboot" qemu_microvm "$tmp/qb$r.log" -initrd "$probe" \
     -drive "id=d0,file=$img,format=raw,if=none" -device virtio-blk-device,drive=d0
-  wait "$QEMU_PID" || true
+  # microvm does not end on the guest's reboot=k even with -no-reboot: stop it ourselves.
+  wait_for_line "$tmp/qb$r.log" 'probe: blkbench' 300 || { cat "$tmp/qb$r.log.err"; fail "qemu blkbench run"; }
+  kill "$QEMU_PID" 2>/dev/null; wait "$QEMU_PID" 2>/dev/null || true
   l=$(probe_line "$tmp/qb$r.log" blkbench)
   qr+=("$(echo "$l" | field read_mib_s)"); qw+=("$(echo "$l" | field write_mib_s)")
 
