@@ -7,13 +7,13 @@
 #   BENCH agent_idle_rss_mib <x> MiB
 #   BENCH agent_static_binary_mib <x> MiB
 #
-# usage: tests/bench/agent.sh [path/to/husk-agent]   (default: the static release build)
+# usage: tests/bench/agent.sh [path/to/husk-agent]   (default: the static build of rootfs/build.sh, profile agent)
 # On this project's hybrid-cgroup hosts crun runs with --cgroup-manager=disabled and husk
 # skips cgroups (no cgroup v2 alone at /sys/fs/cgroup); runc still uses cgroup v1. In the
 # nested host (cgroup2 alone) all three create a cgroup.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
-HUSK=${1:-${HUSK_AGENT_STATIC:-${CARGO_TARGET_DIR:-$top/target}/x86_64-unknown-linux-gnu/release/husk-agent}}
+HUSK=${1:-${HUSK_AGENT_STATIC:-${CARGO_TARGET_DIR:-$top/target}/x86_64-unknown-linux-gnu/agent/husk-agent}}
 RUNS=${BENCH_RUNS:-30}
 if [ "$(id -u)" != 0 ]; then echo "SKIP agent benchmarks: need root"; exit 0; fi
 need=()

@@ -26,8 +26,8 @@ modprobe vhost_vsock 2>/dev/null || true
 [ -f "$guest/bzImage" ] || fail "no $guest/bzImage: run make kernel"
 command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 missing"
 
-static=${HUSK_AGENT_STATIC:-${CARGO_TARGET_DIR:-$top/target}/x86_64-unknown-linux-gnu/release/husk-agent}
-[ -x "$static" ] || fail "no static agent at $static (RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu -p husk-agent)"
+static=${HUSK_AGENT_STATIC:-${CARGO_TARGET_DIR:-$top/target}/x86_64-unknown-linux-gnu/agent/husk-agent}
+[ -x "$static" ] || fail "no static agent at $static (RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile agent --target x86_64-unknown-linux-gnu -p husk-agent, as rootfs/build.sh does)"
 client=${HUSK_AGENT:-$static}
 
 w=$(mktemp -d /tmp/husk-agent-vm.XXXXXX)
