@@ -17,6 +17,9 @@ CACHE=${HUSK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/husk}
 MEM=${HUSK_NESTED_MEM:-8G}
 CPUS=${HUSK_NESTED_CPUS:-2}
 TIMEOUT=${HUSK_NESTED_TIMEOUT:-2400}
+# The test host writes a heartbeat every 5 s; none for this long means it hung (seen: a
+# TCG test host whose vCPUs both spin while a nested guest runs), and it is stopped.
+WATCHDOG=${HUSK_NESTED_WATCHDOG:-180}
 while [ $# -gt 0 ]; do
   case "$1" in
     --mem) MEM=$2; shift 2 ;;
@@ -65,6 +68,42 @@ printf '%s\n' "$CMD" > "$run/cmd"
 
 log "booting the test host: $CPUS vCPUs, $MEM, kernel $kver (TCG with emulated SVM)"
 t0=$(date +%s)
+# monitor COMMAND...: QEMU human-monitor commands through its socket; prints the replies
+monitor() {
+  timeout 20 python3 - "$run/monitor" "$@" <<'PY' || true
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(2)
+for c in sys.argv[2:]:
+    s.sendall(c.encode() + b"\n")
+out = b""
+try:
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        out += b
+except OSError:
+    pass
+sys.stdout.write(out.decode(errors="replace").replace("\r", ""))
+PY
+}
+# watchdog: once the heartbeat has started, a stale one stops the test host, after the
+# vCPUs' registers are printed from QEMU's monitor (for finding out where it hung)
+(
+  while sleep 10; do
+    [ -f "$run/heartbeat" ] || { [ -d "$run" ] && continue; exit 0; }
+    age=$(( $(date +%s) - $(stat -c %Y "$run/heartbeat" 2>/dev/null || echo 0) ))
+    [ "$age" -gt "$WATCHDOG" ] || continue
+    log "the test host hung: no heartbeat for ${age}s; its vCPUs:"
+    monitor "info cpus" "info registers -a" | grep -aE '^(CPU|\* CPU|RIP|RAX|RSP|CR0|EFL)' | head -40 >&2
+    echo hung > "$run/hung"
+    monitor quit >/dev/null
+    exit 0
+  done
+) &
+watchdog=$!
 set +e
 timeout --foreground -k 10 "$TIMEOUT" qemu-system-x86_64 \
   -accel tcg,thread=multi -cpu EPYC,+svm,+npt -smp "$CPUS" -m "$MEM" \
@@ -78,10 +117,16 @@ timeout --foreground -k 10 "$TIMEOUT" qemu-system-x86_64 \
   -device virtio-9p-pci,fsdev=top,mount_tag=checkout \
   -fsdev local,id=run,path="$run",security_model=none \
   -device virtio-9p-pci,fsdev=run,mount_tag=run \
+  -monitor "unix:$run/monitor,server=on,wait=off" \
   -device virtio-rng-pci </dev/null 2> >(grep -v "TCG doesn't support requested feature" >&2) | sed -u 's/\r$//'
 qrc=${PIPESTATUS[0]}
 set -e
+kill "$watchdog" 2>/dev/null || true
 log "test host ran $(( $(date +%s) - t0 ))s (qemu exit $qrc)"
+if [ -f "$run/hung" ]; then
+  log "stopped by the watchdog (exit 124)"
+  exit 124
+fi
 if [ -f "$run/status" ]; then
   rc=$(cat "$run/status")
   log "command exit status $rc"
