@@ -7,6 +7,7 @@
 //!   checks the image's sha256.
 //! - `vsock`: listens on vsock port 1024 and echoes one connection (the host sends 64 MiB
 //!   through it); then connects to host port 5000 and sends a greeting.
+//! - `cpuinfo`: prints the first CPU's flags line from /proc/cpuinfo.
 //! - `blkbench`: reads all of /dev/vda, then writes its first 64 MiB, with O_DIRECT 1 MiB
 //!   requests, and prints the guest-timed MiB/s of each (the vmm benchmark compares them
 //!   with QEMU's on the same image).
@@ -282,6 +283,12 @@ fn main() {
                 Ok(()) => say("blk ok"),
                 Err(e) => say(&format!("blk FAILED {e}")),
             },
+            "cpuinfo" => {
+                let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+                for l in info.lines().filter(|l| l.starts_with("flags")).take(1) {
+                    say(&format!("cpuinfo {l}"));
+                }
+            }
             "blkbench" => match blkbench() {
                 Ok(r) => say(&format!("blkbench {r}")),
                 Err(e) => say(&format!("blkbench FAILED {e}")),

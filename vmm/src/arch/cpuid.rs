@@ -14,6 +14,13 @@ const LEAF_AMD_EXT_APIC: u32 = 0x8000_001e;
 const LEAF_EXT_FEATURES: u32 = 0x7;
 const LEAF_XSAVE: u32 = 0xd;
 
+const LEAF_AMD_FEATURES: u32 = 0x8000_0001;
+const LEAF_SVM: u32 = 0x8000_000a;
+
+const ECX_VMX: u32 = 1 << 5;
+/// Leaf 0x8000_0001 ECX: SVM. Pods get no nested virtualization (one less way out, as in
+/// Firecracker), so the guest sees neither VMX nor SVM.
+const ECX_AMD_SVM: u32 = 1 << 2;
 const ECX_FMA: u32 = 1 << 12;
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_XSAVE: u32 = 1 << 26;
@@ -99,6 +106,7 @@ pub fn normalize_entry_with(e: &mut kvm_cpuid_entry2, cpu_id: u8, n_vcpus: u8, e
         LEAF_FEATURES => {
             e.ebx = (e.ebx & 0x0000_ffff) | (n << 16) | (id << 24);
             e.ecx |= ECX_HYPERVISOR;
+            e.ecx &= !ECX_VMX;
             if extras.hide_xsave {
                 e.ecx &= !(ECX_XSAVE | ECX_OSXSAVE | ECX_AVX | ECX_FMA | ECX_F16C);
             }
@@ -143,6 +151,13 @@ pub fn normalize_entry_with(e: &mut kvm_cpuid_entry2, cpu_id: u8, n_vcpus: u8, e
             e.ecx &= !ECX7_AVX_FAMILY;
         }
         LEAF_XSAVE if extras.hide_xsave => {
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = 0;
+            e.edx = 0;
+        }
+        LEAF_AMD_FEATURES => e.ecx &= !ECX_AMD_SVM,
+        LEAF_SVM => {
             e.eax = 0;
             e.ebx = 0;
             e.ecx = 0;
@@ -227,6 +242,23 @@ mod tests {
         keep.eax = 7;
         normalize_entry(&mut keep, 0, 1);
         assert_eq!(keep.eax, 7);
+    }
+
+    #[test]
+    fn no_nested_virtualization() {
+        let mut l1 = entry(1, 0);
+        l1.ecx = ECX_VMX | 1;
+        normalize_entry(&mut l1, 0, 1);
+        assert_eq!(l1.ecx & ECX_VMX, 0);
+        let mut ext = entry(0x8000_0001, 0);
+        ext.ecx = ECX_AMD_SVM | 1;
+        normalize_entry(&mut ext, 0, 1);
+        assert_eq!(ext.ecx, 1);
+        let mut svm = entry(0x8000_000a, 0);
+        svm.eax = 1;
+        svm.edx = 0xff;
+        normalize_entry(&mut svm, 0, 1);
+        assert_eq!((svm.eax, svm.edx), (0, 0));
     }
 
     #[test]
