@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(qemu-system-x86 busybox-static kmod cpio python3 hyperfine runc crun containerd file
       linux-source-6.12 bc flex bison libelf-dev libssl-dev make gcc xz-utils
-      libcap-ng-dev libseccomp-dev pkg-config)
+      libcap-ng-dev libseccomp-dev pkg-config protobuf-compiler containernetworking-plugins)
 need=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 if [ ${#need[@]} -gt 0 ]; then

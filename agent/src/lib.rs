@@ -5,4 +5,5 @@
 pub mod client;
 pub mod engine;
 pub mod init;
+pub mod net;
 pub mod server;

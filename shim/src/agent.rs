@@ -127,6 +127,13 @@ pub trait AgentClient: Send + Sync {
     /// Answers when the agent is up.
     async fn health_check(&self) -> AgentResult<()>;
     async fn create_sandbox(&self, req: SandboxRequest) -> AgentResult<()>;
+    /// Gives the guest's interface the pod's (MAC, MTU, addresses, routes) and writes the
+    /// pod's /etc/hosts and /etc/resolv.conf (`dns`: nameserver addresses).
+    async fn configure_network(
+        &self,
+        iface: &crate::network::Interface,
+        dns: &[String],
+    ) -> AgentResult<()>;
     async fn create_container(&self, req: ContainerRequest) -> AgentResult<()>;
     /// Starts the init process; returns its pid in the guest.
     async fn start_container(&self, container_id: &str) -> AgentResult<u32>;

@@ -123,6 +123,19 @@ impl AgentClient for TtrpcAgent {
         Ok(())
     }
 
+    async fn configure_network(
+        &self,
+        iface: &crate::network::Interface,
+        dns: &[String],
+    ) -> AgentResult<()> {
+        let r = network_request(iface, dns);
+        self.rpc
+            .configure_network(quick(), &r)
+            .await
+            .map_err(|e| map("configure_network", e))?;
+        Ok(())
+    }
+
     async fn create_container(&self, req: ContainerRequest) -> AgentResult<()> {
         let r = pb::CreateContainerRequest {
             container_id: req.container_id,
@@ -321,6 +334,45 @@ impl AgentClient for TtrpcAgent {
     }
 }
 
+/// The agent's ConfigureNetwork request for the pod's interface.
+pub fn network_request(
+    iface: &crate::network::Interface,
+    dns: &[String],
+) -> pb::ConfigureNetworkRequest {
+    let i = pb::NetworkInterface {
+        mac: iface.mac_string(),
+        mtu: iface.mtu,
+        addresses: iface
+            .addresses
+            .iter()
+            .map(|a| pb::IpAddress {
+                address: a.addr.to_string(),
+                prefix_len: u32::from(a.prefix_len),
+                ..Default::default()
+            })
+            .collect(),
+        routes: iface
+            .routes
+            .iter()
+            .map(|r| pb::Route {
+                destination: r
+                    .destination
+                    .map(|d| d.addr.to_string())
+                    .unwrap_or_default(),
+                destination_prefix_len: r.destination.map(|d| u32::from(d.prefix_len)).unwrap_or(0),
+                gateway: r.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    pb::ConfigureNetworkRequest {
+        interfaces: vec![i],
+        dns: dns.to_vec(),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -440,5 +492,47 @@ mod tests {
         drop(server);
         let e = agent.health_check().await.unwrap_err();
         assert_eq!(e.code(), ttrpc::Code::UNAVAILABLE, "{e}");
+    }
+
+    #[test]
+    fn network_request_carries_the_interface() {
+        use crate::network::{Interface, IpNet, Route};
+        let gw: std::net::IpAddr = "10.88.77.1".parse().unwrap();
+        let iface = Interface {
+            name: "eth0".into(),
+            index: 3,
+            mac: [0x0a, 0x58, 0x0a, 0x58, 0x4d, 0x05],
+            mtu: 1450,
+            addresses: vec![IpNet {
+                addr: "10.88.77.5".parse().unwrap(),
+                prefix_len: 24,
+            }],
+            routes: vec![
+                Route {
+                    destination: None,
+                    gateway: Some(gw),
+                },
+                Route {
+                    destination: Some(IpNet {
+                        addr: "10.1.0.0".parse().unwrap(),
+                        prefix_len: 16,
+                    }),
+                    gateway: None,
+                },
+            ],
+        };
+        let r = network_request(&iface, &["192.0.2.53".to_string()]);
+        assert_eq!(r.interfaces.len(), 1);
+        let i = &r.interfaces[0];
+        assert_eq!(i.mac, "0a:58:0a:58:4d:05");
+        assert_eq!(i.mtu, 1450);
+        assert_eq!(i.addresses[0].address, "10.88.77.5");
+        assert_eq!(i.addresses[0].prefix_len, 24);
+        assert_eq!(i.routes[0].destination, "");
+        assert_eq!(i.routes[0].gateway, "10.88.77.1");
+        assert_eq!(i.routes[1].destination, "10.1.0.0");
+        assert_eq!(i.routes[1].destination_prefix_len, 16);
+        assert_eq!(i.routes[1].gateway, "");
+        assert_eq!(r.dns, vec!["192.0.2.53".to_string()]);
     }
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod io;
 pub mod mount;
+pub mod network;
 pub mod pidfile;
 pub mod pod;
 pub mod process;

@@ -165,6 +165,16 @@ impl PodService {
     pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<u32> {
         let mut spec = BundleSpec::load(&req.bundle)?;
         let role = PodRole::of(&req.id, &spec);
+        let guest_ns = crate::network::namespaces::rewrite_for_guest(&role, &mut spec);
+        if role.boots_vm() {
+            match &guest_ns.host_netns {
+                Some(ns) => log::info!("pod {}: network namespace {}", role.pod_id(), ns.display()),
+                None => log::info!(
+                    "pod {}: no network namespace in the spec: the pod has loopback only",
+                    role.pod_id()
+                ),
+            }
+        }
         let pod_id = role.pod_id().to_string();
         let pod_dir = self.pod_dir(&pod_id);
         // Creates run one at a time (a member's create waits for its sandbox's boot), but
@@ -195,6 +205,7 @@ impl PodService {
                 size: vm_size(&spec, &self.cfg),
                 pod_dir: pod_dir.clone(),
                 shared_dir,
+                netns: guest_ns.host_netns.clone(),
             };
             let vm = match self.deps.launcher.launch(&vm_req).await {
                 Ok(vm) => vm,

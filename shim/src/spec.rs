@@ -171,6 +171,21 @@ impl BundleSpec {
         }
     }
 
+    /// `linux.namespaces`, for rewriting (None when the spec has none).
+    pub fn namespaces_mut(&mut self) -> Option<&mut Vec<Value>> {
+        self.raw
+            .get_mut("linux")?
+            .get_mut("namespaces")?
+            .as_array_mut()
+    }
+
+    /// Removes `hostname`.
+    pub fn clear_hostname(&mut self) {
+        if let Some(o) = self.raw.as_object_mut() {
+            o.remove("hostname");
+        }
+    }
+
     /// Replaces the source of the mount at `index` (a host path) with its guest path.
     pub fn set_mount_source(&mut self, index: usize, guest_source: &str) -> Result<()> {
         let m = self

@@ -93,6 +93,13 @@ impl AgentClient for FakeAgent {
     async fn create_sandbox(&self, _req: SandboxRequest) -> AgentResult<()> {
         self.call("create_sandbox")
     }
+    async fn configure_network(
+        &self,
+        iface: &crate::network::Interface,
+        _dns: &[String],
+    ) -> AgentResult<()> {
+        self.call(&format!("configure_network {}", iface.mac_string()))
+    }
     async fn create_container(&self, req: ContainerRequest) -> AgentResult<()> {
         self.call(&format!("create_container {}", req.container_id))
     }

@@ -20,6 +20,8 @@ pub struct VmRequest {
     pub pod_dir: PathBuf,
     /// Directory shared into the guest with virtio-fs (containers' rootfs and volumes).
     pub shared_dir: PathBuf,
+    /// The pod's network namespace on the host (None: the pod has loopback only).
+    pub netns: Option<PathBuf>,
 }
 
 /// How the VM ended.

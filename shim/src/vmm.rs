@@ -2,6 +2,7 @@
 //! agent over the vmm's vsock socket. A launch that fails part-way kills and reaps what it
 //! started.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -86,19 +87,55 @@ impl HuskVmm {
     }
 
     fn spawn(&self, program: &Path, args: &[String], log: &Path) -> Result<Child> {
+        self.spawn_in(program, args, log, None)
+    }
+
+    /// Spawns `program`, inside the network namespace `netns` when given.
+    fn spawn_in(
+        &self,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        netns: Option<&Path>,
+    ) -> Result<Child> {
         let out =
             std::fs::File::create(log).map_err(|e| ShimError::io(log.display().to_string(), e))?;
         let err = out
             .try_clone()
             .map_err(|e| ShimError::io(log.display().to_string(), e))?;
-        Command::new(program)
-            .args(args)
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // Kept open until after the spawn: the child joins it between fork and exec.
+        let ns_file = match netns {
+            Some(p) => Some(
+                crate::network::netns::open(p).map_err(|e| ShimError::VmStart(e.to_string()))?,
+            ),
+            None => None,
+        };
+        if let Some(f) = &ns_file {
+            let fd = f.as_raw_fd();
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // setns(2), a plain system call that is async-signal-safe; `fd` stays open in
+            // the child (the parent holds `ns_file` until spawn returns; it is CLOEXEC so
+            // the vmm does not inherit it).
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .spawn()
-            .map_err(|e| ShimError::VmStart(format!("spawning {}: {e}", program.display())))
+            .map_err(|e| ShimError::VmStart(format!("spawning {}: {e}", program.display())));
+        drop(ns_file);
+        child
     }
 
     async fn boot(&self, req: &VmRequest, vm: &Arc<ChildVm>) -> Result<Arc<dyn AgentClient>> {
@@ -135,6 +172,62 @@ impl HuskVmm {
 #[async_trait]
 impl VmLauncher for HuskVmm {
     async fn launch(&self, req: &VmRequest) -> Result<RunningVm> {
+        let net = match &req.netns {
+            Some(ns) => Some(attach_network(ns).await?),
+            None => None,
+        };
+        let vm = match self.start_vm(req, net.clone()).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                if let Some(n) = net {
+                    detach_network(n).await;
+                }
+                return Err(e);
+            }
+        };
+        // From here on the vm's watcher detaches the network when the vmm has ended.
+        let agent = match self.boot(req, &vm).await {
+            Ok(agent) => agent,
+            Err(e) => {
+                vm.stop().await;
+                return Err(e);
+            }
+        };
+        if let Some(n) = &net {
+            let dns =
+                host_nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+            if let Err(e) = agent.configure_network(&n.interface, &dns).await {
+                vm.stop().await;
+                return Err(ShimError::VmStart(format!(
+                    "configuring the guest's network: {e}"
+                )));
+            }
+            log::info!(
+                "pod {}: {} ({}, mtu {}, {}) attached to the vm through {}",
+                req.pod_id,
+                n.interface.name,
+                n.interface.mac_string(),
+                n.interface.mtu,
+                n.interface
+                    .addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                n.tap
+            );
+        }
+        Ok(RunningVm { process: vm, agent })
+    }
+}
+
+impl HuskVmm {
+    /// Starts virtiofsd and the vmm (inside the pod's network namespace when it has one).
+    async fn start_vm(
+        &self,
+        req: &VmRequest,
+        net: Option<crate::network::PodNetwork>,
+    ) -> Result<Arc<ChildVm>> {
         let dir = &req.pod_dir;
         std::fs::create_dir_all(dir).map_err(|e| ShimError::io(dir.display().to_string(), e))?;
         let fs_sock = virtiofsd_socket(dir);
@@ -167,7 +260,11 @@ impl VmLauncher for HuskVmm {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let config_path = dir.join("vm.json");
-        let config = self.vm_config(req).to_string();
+        let mut config = self.vm_config(req);
+        if let Some(n) = &net {
+            config["net"] = json!([{ "tap": n.tap, "mac": n.interface.mac_string() }]);
+        }
+        let config = config.to_string();
         if let Err(e) = std::fs::write(&config_path, config) {
             helper.stop().await;
             return Err(ShimError::io(config_path.display().to_string(), e));
@@ -177,23 +274,53 @@ impl VmLauncher for HuskVmm {
             "--config".into(),
             config_path.display().to_string(),
         ];
-        let child = match self.spawn(&self.cfg.vmm, &args, &dir.join("vmm.log")) {
-            Ok(c) => c,
-            Err(e) => {
-                helper.stop().await;
-                return Err(e);
-            }
-        };
+        // The vmm runs inside the pod's network namespace: the tap exists by name only
+        // there (TUNSETIFF looks the name up in the caller's namespace), and a process
+        // that parses guest-controlled data then sees none of the host's interfaces. Its
+        // unix sockets (vsock, virtio-fs) are filesystem paths, which a network
+        // namespace does not change.
+        let netns = net.as_ref().map(|n| n.netns.clone());
+        let child =
+            match self.spawn_in(&self.cfg.vmm, &args, &dir.join("vmm.log"), netns.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    helper.stop().await;
+                    return Err(e);
+                }
+            };
         record_pid(&dir.join(VMM_PID_FILE), &child);
-        let vm = ChildVm::watch(child, vec![helper]);
-        match self.boot(req, &vm).await {
-            Ok(agent) => Ok(RunningVm { process: vm, agent }),
-            Err(e) => {
-                vm.stop().await;
-                Err(e)
-            }
-        }
+        Ok(ChildVm::watch(child, vec![helper], net))
     }
+}
+
+async fn attach_network(netns: &Path) -> Result<crate::network::PodNetwork> {
+    let ns = netns.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::network::attach(&ns))
+        .await
+        .map_err(|e| ShimError::VmStart(format!("pod network: {e}")))?
+        .map_err(|e| ShimError::VmStart(format!("pod network: {e}")))
+}
+
+/// Removes the tap and the redirects; a failure is logged (the namespace goes with the pod).
+async fn detach_network(net: crate::network::PodNetwork) {
+    let r = tokio::task::spawn_blocking(move || crate::network::detach(&net)).await;
+    match r {
+        Ok(Ok(())) => log::info!("pod network detached"),
+        Ok(Err(e)) => log::warn!("detaching the pod network: {e}"),
+        Err(e) => log::warn!("detaching the pod network: {e}"),
+    }
+}
+
+/// The nameservers of a resolv.conf, loopback ones left out (they would mean the guest).
+pub fn host_nameservers(resolv_conf: &str) -> Vec<String> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|v| v.trim().parse::<std::net::IpAddr>().ok())
+        .filter(|ip| !ip.is_loopback())
+        .map(|ip| ip.to_string())
+        .take(3)
+        .collect()
 }
 
 fn record_pid(path: &Path, child: &Child) {
@@ -267,7 +394,11 @@ pub struct ChildVm {
 }
 
 impl ChildVm {
-    fn watch(mut child: Child, helpers: Vec<Arc<Helper>>) -> Arc<ChildVm> {
+    fn watch(
+        mut child: Child,
+        helpers: Vec<Arc<Helper>>,
+        net: Option<crate::network::PodNetwork>,
+    ) -> Arc<ChildVm> {
         let pid = child.id().unwrap_or(0);
         let (tx, rx) = watch::channel(None);
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -290,6 +421,10 @@ impl ChildVm {
                 Ok(s) => describe(s),
                 Err(e) => format!("could not be waited for: {e}"),
             };
+            // The tap is free once the vmm is gone: teardown before the end is published.
+            if let Some(n) = net {
+                detach_network(n).await;
+            }
             let _ = tx.send(Some(VmExit { description }));
         });
         Arc::new(ChildVm {

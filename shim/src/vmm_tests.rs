@@ -59,6 +59,7 @@ fn setup(vmm: &str, virtiofsd: &str) -> (TempDir, HuskVmm, VmRequest) {
         },
         pod_dir: d.path().join("pod"),
         shared_dir: d.path().join("pod/shared"),
+        netns: None,
     };
     (d, HuskVmm::new(cfg, Arc::new(FakeConnector)), req)
 }
@@ -160,4 +161,46 @@ async fn virtiofsd_death_ends_the_vm() {
     assert_eq!(exit.unwrap().description, "was killed by signal 9");
     vm.process.stop().await;
     drop(d);
+}
+
+#[tokio::test]
+async fn spawn_in_a_netns_runs_the_program_there() {
+    let (d, vmm, _req) = setup("exit 0", "exit 0");
+    let log = d.path().join("ns.log");
+    let want = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let args = ["-c".to_string(), "readlink /proc/self/ns/net".to_string()];
+    let r = vmm.spawn_in(
+        Path::new("/bin/sh"),
+        &args,
+        &log,
+        Some(Path::new("/proc/self/ns/net")),
+    );
+    let mut child = r.unwrap();
+    let status = child.wait().await.unwrap();
+    let out = std::fs::read_to_string(&log).unwrap();
+    // Joining a namespace needs CAP_SYS_ADMIN: without it the child fails, never crashes.
+    if status.success() {
+        assert_eq!(out.trim(), want.display().to_string());
+    } else {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), None, "{out}");
+    }
+    assert!(vmm
+        .spawn_in(
+            Path::new("/bin/sh"),
+            &args,
+            &log,
+            Some(Path::new("/nonexistent/ns"))
+        )
+        .is_err());
+}
+
+#[test]
+fn host_nameservers_skip_loopback_and_junk() {
+    let text = "# c\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch x\nnameserver bogus\nnameserver 2001:db8::35\n";
+    assert_eq!(
+        host_nameservers(text),
+        vec!["192.0.2.53".to_string(), "2001:db8::35".to_string()]
+    );
+    assert!(host_nameservers("").is_empty());
 }

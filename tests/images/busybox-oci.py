@@ -5,7 +5,10 @@ The image is Debian's static busybox (apt: busybox-static) with its applet links
 passwd/group for root and nobody, and the usual empty directories. Reproducible: fixed
 mtimes, owners and entry order, so the same busybox gives the same image digest.
 
-usage: busybox-oci.py OUT.tar [IMAGE_NAME]
+usage: busybox-oci.py OUT.tar [IMAGE_NAME [CMD...]]
+
+CMD (default `sh`) is the image's command: a pod sandbox (pause) image is built with
+`sleep 2147483647`.
 """
 import gzip
 import hashlib
@@ -58,10 +61,11 @@ def blob(data):
 def main():
     out = sys.argv[1]
     name = sys.argv[2] if len(sys.argv) > 2 else "docker.io/library/busybox:husk"
+    cmd = sys.argv[3:] or ["sh"]
     diff, gz = layer()
     config = json.dumps({
         "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "WorkingDir": "/"},
+        "config": {"Cmd": cmd, "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [blob(diff)]},
         "history": [{"created_by": "husk tests/images/busybox-oci.py"}],
     }, sort_keys=True).encode()

@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&kind, rest)) = data.split_first() else {
         return;
     };
-    match kind % 12 {
+    match kind % 13 {
         0 => round_trip::<CreateSandboxRequest>(rest),
         1 => round_trip::<CreateContainerRequest>(rest),
         2 => round_trip::<ContainerRequest>(rest),
@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         8 => round_trip::<ResizeTtyRequest>(rest),
         9 => round_trip::<UpdateContainerRequest>(rest),
         10 => round_trip::<Stdio>(rest),
+        11 => round_trip::<ConfigureNetworkRequest>(rest),
         _ => round_trip::<Empty>(rest),
     }
 });

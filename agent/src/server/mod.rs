@@ -95,6 +95,10 @@ impl Agent for Service {
         empty(sandbox::create_sandbox(self.core.options(), &req))
     }
 
+    fn configure_network(&self, _: &TtrpcContext, req: ConfigureNetworkRequest) -> R<Empty> {
+        empty(sandbox::configure_network(self.core.options(), &req))
+    }
+
     fn create_container(&self, _: &TtrpcContext, req: CreateContainerRequest) -> R<Empty> {
         let stdio = req.stdio.clone().unwrap_or_default();
         empty(

@@ -5,7 +5,8 @@ use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 
 use husk_protocol::agent::{
-    CreateSandboxRequest, GuestDetailsResponse, StatsResponse, Stdio as StdioFlags,
+    ConfigureNetworkRequest, CreateSandboxRequest, GuestDetailsResponse, StatsResponse,
+    Stdio as StdioFlags,
 };
 
 use super::core::{check_id, AgentCore, CoreError, ExecProcess, Options};
@@ -71,6 +72,21 @@ pub fn create_sandbox(o: &Options, r: &CreateSandboxRequest) -> Result<(), CoreE
         .map_err(|e| state("mount shared fs", e.to_string()))?;
     }
     Ok(())
+}
+
+/// Validates the pod's network and, in the guest, applies it to the root network
+/// namespace (shared by every container of the pod). A malformed request is refused.
+pub fn configure_network(o: &Options, r: &ConfigureNetworkRequest) -> Result<(), CoreError> {
+    let plan = crate::net::parse(r).map_err(|e| CoreError::Invalid(e.to_string()))?;
+    if !o.guest {
+        return Ok(());
+    }
+    crate::net::netlink::apply(
+        &plan,
+        std::path::Path::new("/sys/class/net"),
+        std::path::Path::new("/etc"),
+    )
+    .map_err(|e| CoreError::State(e.to_string()))
 }
 
 /// Kernel version, memory and CPUs of the machine the agent runs on.

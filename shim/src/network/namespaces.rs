@@ -1,0 +1,168 @@
+//! The spec's Linux namespaces, rewritten for the guest.
+//!
+//! A namespace path in the spec is a host path (`/var/run/netns/cni-...` for a CRI pod's
+//! network, `/proc/<sandbox pid>/ns/...` for its members, where the pid is the vmm's as the
+//! shim reports it). None of them means anything inside the VM. One VM serves one pod, so
+//! the guest's root namespaces *are* the pod's:
+//! - `network` with a path (the pod's host netns) is removed: the container runs in the
+//!   guest's root network namespace, which the agent configures like the host netns. The
+//!   path is returned so the shim can wire that netns to the VM. A `network` entry without
+//!   a path (a `ctr run` container) stays: a new, loopback-only namespace, as under runc.
+//! - a CRI member's `network`, `ipc` and `uts` entries (all paths to the sandbox) are
+//!   removed: it shares the guest's root ones, whose hostname is the pod's.
+//! - a `pid` path (a pod sharing its process namespace) becomes a new pid namespace:
+//!   sharing the sandbox's pid namespace inside the VM is not supported yet (logged).
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::pod::PodRole;
+use crate::spec::BundleSpec;
+
+/// What the rewrite found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestNamespaces {
+    /// The host network namespace the spec named (a sandbox or a single container).
+    pub host_netns: Option<PathBuf>,
+}
+
+/// Rewrites `spec`'s `linux.namespaces` for the guest (see the module documentation).
+pub fn rewrite_for_guest(role: &PodRole, spec: &mut BundleSpec) -> GuestNamespaces {
+    let mut found = GuestNamespaces::default();
+    let member = matches!(role, PodRole::Member { .. });
+    let Some(list) = spec.namespaces_mut() else {
+        return found;
+    };
+    let mut kept = Vec::with_capacity(list.len());
+    for mut ns in list.drain(..) {
+        let kind = ns
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let path = ns
+            .get("path")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        match (kind.as_str(), path) {
+            ("network", Some(p)) => {
+                if !member {
+                    found.host_netns = Some(p);
+                }
+            }
+            ("network" | "ipc" | "uts", _) if member => {}
+            ("pid", Some(p)) => {
+                log::warn!(
+                    "pid namespace {} is not shared inside the VM: the container gets its own",
+                    p.display()
+                );
+                if let Some(o) = ns.as_object_mut() {
+                    o.remove("path");
+                }
+                kept.push(ns);
+            }
+            (_, Some(p)) => {
+                log::warn!(
+                    "{kind} namespace path {} has no meaning in the guest: the container gets a new one",
+                    p.display()
+                );
+                if let Some(o) = ns.as_object_mut() {
+                    o.remove("path");
+                }
+                kept.push(ns);
+            }
+            _ => kept.push(ns),
+        }
+    }
+    *list = kept;
+    if member {
+        // Without a UTS namespace of its own a hostname cannot be set (the pod's is the
+        // guest's).
+        spec.clear_hostname();
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> BundleSpec {
+        BundleSpec::from_slice(json.as_bytes(), "/b/config.json".into()).expect("spec")
+    }
+
+    fn kinds(s: &BundleSpec) -> Vec<String> {
+        s.raw()["linux"]["namespaces"]
+            .as_array()
+            .expect("namespaces")
+            .iter()
+            .map(|n| match n.get("path") {
+                Some(p) => format!(
+                    "{}={}",
+                    n["type"].as_str().unwrap_or(""),
+                    p.as_str().unwrap_or("")
+                ),
+                None => n["type"].as_str().unwrap_or("").to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sandbox_gives_up_its_netns_path() {
+        let mut s = spec(
+            r#"{"hostname":"web","linux":{"namespaces":[{"type":"pid"},{"type":"ipc"},{"type":"uts"},
+                {"type":"mount"},{"type":"network","path":"/var/run/netns/cni-1"}]}}"#,
+        );
+        let role = PodRole::Sandbox { pod_id: "p".into() };
+        let g = rewrite_for_guest(&role, &mut s);
+        assert_eq!(g.host_netns, Some(PathBuf::from("/var/run/netns/cni-1")));
+        assert_eq!(kinds(&s), ["pid", "ipc", "uts", "mount"]);
+        assert_eq!(s.raw()["hostname"], "web");
+    }
+
+    #[test]
+    fn member_joins_the_guest_root_namespaces() {
+        let mut s = spec(
+            r#"{"hostname":"x","linux":{"namespaces":[{"type":"pid"},{"type":"ipc","path":"/proc/77/ns/ipc"},
+                {"type":"uts","path":"/proc/77/ns/uts"},{"type":"mount"},
+                {"type":"network","path":"/proc/77/ns/net"}]}}"#,
+        );
+        let role = PodRole::Member { pod_id: "p".into() };
+        let g = rewrite_for_guest(&role, &mut s);
+        assert_eq!(g.host_netns, None);
+        assert_eq!(kinds(&s), ["pid", "mount"]);
+        assert!(s.raw().get("hostname").is_none());
+    }
+
+    #[test]
+    fn shared_pid_namespace_becomes_a_new_one() {
+        let mut s = spec(
+            r#"{"linux":{"namespaces":[{"type":"pid","path":"/proc/77/ns/pid"},{"type":"cgroup","path":"/proc/1/ns/cgroup"}]}}"#,
+        );
+        let role = PodRole::Member { pod_id: "p".into() };
+        rewrite_for_guest(&role, &mut s);
+        assert_eq!(kinds(&s), ["pid", "cgroup"]);
+    }
+
+    #[test]
+    fn single_container_keeps_a_new_netns_and_reports_a_named_one() {
+        let mut s = spec(r#"{"linux":{"namespaces":[{"type":"network"},{"type":"mount"}]}}"#);
+        let role = PodRole::Single { pod_id: "c".into() };
+        assert_eq!(rewrite_for_guest(&role, &mut s), GuestNamespaces::default());
+        assert_eq!(kinds(&s), ["network", "mount"]);
+        let mut s = spec(r#"{"linux":{"namespaces":[{"type":"network","path":"/run/netns/n"}]}}"#);
+        let g = rewrite_for_guest(&role, &mut s);
+        assert_eq!(g.host_netns, Some(PathBuf::from("/run/netns/n")));
+        assert!(kinds(&s).is_empty());
+    }
+
+    #[test]
+    fn spec_without_namespaces_is_left_alone() {
+        let mut s = spec(r#"{"process":{}}"#);
+        let role = PodRole::Sandbox { pod_id: "p".into() };
+        assert_eq!(rewrite_for_guest(&role, &mut s), GuestNamespaces::default());
+        assert_eq!(s.raw(), &serde_json::json!({"process":{}}));
+    }
+}

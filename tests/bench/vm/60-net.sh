@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Host -> pod network throughput, husk vs runc in the same run (issue 6): containerd's CRI
+# with the CNI bridge runs one pod per runtime; inside each, an HTTP GET made with busybox
+# nc fetches a file from an httpd on the host bridge address (data flows host -> pod over
+# the pod's network) and busybox `time` measures it in the pod. Each runtime is measured NET_BENCH_RUNS times
+# (default 3), the best kept.
+#   BENCH net_throughput_ratio_vs_runc <husk MB/s / runc MB/s> ratio
+#   BENCH net_throughput_husk_mbps / net_throughput_runc_mbps <MB/s> MB/s
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../../.." && pwd)
+# The vmm is on the data path: use the release build `make bench` makes, when there is one.
+if [ -z "${HUSK_VMM:-}" ] && [ -x "$top/target/release/husk-vmm" ]; then
+  export HUSK_VMM=$top/target/release/husk-vmm
+fi
+. "$top/tests/vm/lib.sh"
+. "$top/tests/vm/cri-lib.sh"
+mib=${NET_BENCH_MIB:-64}
+runs=${NET_BENCH_RUNS:-3}
+
+start_containerd_cri >&2 || fail "containerd with CRI"
+cri_import >&2
+mkdir -p "$w/www"
+dd if=/dev/urandom of="$w/www/big" bs=1M count="$mib" status=none
+# On every address: the bridge (and its address) only exists once the first pod is up.
+busybox httpd -f -p 8099 -h "$w/www" & echo $! > "$w/hosthttpd.pid"
+
+# mbps HANDLER: best MB/s of $runs fetches in a pod of that runtime
+mbps() {
+  local h=$1 pod c best=0 i out secs rate got
+  pod=$(cri pod-run "bench-$h" --handler "$h") || fail "RunPodSandbox ($h)"
+  cri_track "$pod"
+  c=$(cri ctr-run "$pod" "bench-$h" c "$CRI_IMAGE" -- sleep 100000) || fail "container ($h)"
+  for i in $(seq "$runs"); do
+    # busybox time prints "real 0m 1.23s" on stderr
+    out=$(CRI_TIMEOUT=400 cri exec --timeout 300 "$c" sh -c \
+      "time sh -c 'printf \"GET /big HTTP/1.0\\r\\n\\r\\n\" | nc $CRI_SUBNET_PREFIX.1 8099 | wc -c'" 2>&1) \
+      || fail "fetch in the $h pod: $out"
+    got=$(echo "$out" | awk 'NR == 1 {print $1}')
+    [[ "$got" =~ ^[0-9]+$ ]] && [ "$got" -gt $((mib * 1048576)) ] || fail "the $h pod got ${got:-no} bytes of $mib MiB: $out"
+    secs=$(echo "$out" | awk '/^real/ {sub(/s$/, "", $3); split($2, m, "m"); print m[1] * 60 + $3}')
+    [ -n "$secs" ] || fail "no timing from the $h pod: $out"
+    rate=$(awk -v m="$mib" -v s="$secs" 'BEGIN { if (s <= 0) s = 0.01; printf "%.1f", m / s }')
+    echo "net bench: $h run $i: $mib MiB in ${secs}s = $rate MB/s" >&2
+    best=$(awk -v a="$best" -v b="$rate" 'BEGIN { print (b > a) ? b : a }')
+  done
+  cri pod-rm "$pod" >&2 || true
+  echo "$best"
+}
+echo "net bench: vmm $vmm" >&2
+runc_mbps=$(mbps runc)
+husk_mbps=$(mbps husk)
+echo "BENCH net_throughput_runc_mbps $runc_mbps MB/s"
+echo "BENCH net_throughput_husk_mbps $husk_mbps MB/s"
+echo "BENCH net_throughput_ratio_vs_runc $(awk -v h="$husk_mbps" -v r="$runc_mbps" 'BEGIN { printf "%.2f", (r > 0) ? h / r : 0 }') ratio"

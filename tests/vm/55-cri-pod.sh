@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The CRI path (issue 5): containerd's CRI plugin, driven by the Rust CRI client
+# (tests/cri-client), runs a pod sandbox with runtime handler `husk` and two busybox
+# containers in it. One serves HTTP on localhost, the other fetches it over localhost:
+# they share the pod's VM and its network namespace. Removing the pod leaves nothing.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/cri-lib.sh"
+
+start_containerd_cri || fail "containerd with CRI"
+echo "CRI: $(cri version)"
+cri_import
+
+t0=$(date +%s%N)
+pod=$(cri pod-run web --handler husk --log-dir "$w/podlogs/web") || fail "RunPodSandbox"
+cri_track "$pod"
+say "pod $pod: $(cri pod-state "$pod") in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+srv=$(cri ctr-run "$pod" web srv "$CRI_IMAGE" --log-dir "$w/podlogs/web" -- \
+  sh -c 'mkdir -p /www && echo hello-from-srv > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www') \
+  || fail "CreateContainer srv"
+cli=$(cri ctr-run "$pod" web cli "$CRI_IMAGE" --log-dir "$w/podlogs/web" -- sleep 100000) || fail "CreateContainer cli"
+say "containers srv=${srv:0:12} cli=${cli:0:12} started"
+
+# one VM for the pod: both containers see the same guest boot id, one vmm runs
+boot_srv=$(cri_exec "$srv" cat /proc/sys/kernel/random/boot_id) || fail "exec in srv"
+boot_cli=$(cri_exec "$cli" cat /proc/sys/kernel/random/boot_id) || fail "exec in cli"
+[ -n "$boot_srv" ] && [ "$boot_srv" = "$boot_cli" ] || fail "containers in different VMs: $boot_srv vs $boot_cli"
+[ "$(uname -r)" != "$(cri_exec "$cli" uname -r)" ] || fail "the container runs on the host's kernel"
+n=$(pgrep -fc "$vmm run --config $rundir" || true)
+[ "$n" = 1 ] || fail "a pod of two containers runs $n vmms"
+
+# cli reaches srv on localhost (retry while httpd starts). The request is made with
+# busybox nc: the static busybox wget died with SIGSEGV in these containers in the nested host, cause not investigated.
+page=""
+for _ in $(seq 10); do
+  page=$(cri_exec "$cli" sh -c 'printf "GET /index.html HTTP/1.0\r\n\r\n" | nc -w 5 127.0.0.1 8080' | tail -n 1) && [ -n "$page" ] && break
+  sleep 0.2
+done
+say "cli fetched from srv over localhost: '$page'"
+if [ "$page" != "hello-from-srv" ]; then
+  for c in "$srv" "$cli"; do
+    echo "-- container ${c:0:12}: netns $(cri_exec "$c" readlink /proc/self/ns/net), listening:"
+    cri_exec "$c" netstat -ltn || true
+  done
+  fail "cli could not reach srv on localhost (got '$page')"
+fi
+# the pod's hostname is the pod's in both containers
+h=$(cri_exec "$cli" hostname)
+[ "$h" = web ] || fail "hostname in cli is '$h', want web"
+
+cri pod-rm "$pod" || fail "StopPodSandbox/RemovePodSandbox"
+sleep 1
+pgrep -f "$vmm run --config $rundir" && fail "a husk-vmm is still running after pod removal"
+pgrep -f "containerd-shim-husk-v2.*$pod" && fail "the pod's shim is still running"
+grep -q "$rundir" /proc/mounts && fail "mounts left under $rundir"
+echo "CRI: pod sandbox (handler husk) with two containers sharing the VM and localhost: ok"
