@@ -62,12 +62,11 @@ pub struct Extras {
     /// the PIT, which is slow and under nesting can fail outright.
     pub tsc_deadline: bool,
     /// Hide XSAVE and everything that needs it (AVX family): the guest then manages its
-    /// FPU state with FXSAVE and never executes XSETBV. Needed where the host is itself a
-    /// QEMU TCG guest with emulated SVM: TCG does not intercept XSETBV in a nested guest,
-    /// so a guest's XCR0 write lands in the L1 host's CPU behind KVM's back (measured: the
-    /// guest's "XSAVE consistency problem" warning on every boot, a triple fault in one
-    /// boot of eight, and an L1 kernel stack overflow in a vCPU thread). See
-    /// [`host_is_tcg`].
+    /// FPU state with FXSAVE and never executes XSETBV. Used where the host is itself a
+    /// QEMU TCG guest with emulated SVM (the nested test host, [`host_is_tcg`]): there,
+    /// with KVM's XSAVE leaves, the guest printed "XSAVE consistency problem" on every boot
+    /// and one boot in eight triple-faulted; with XSAVE hidden, 40 boots in a row were
+    /// clean. Why TCG's nested SVM trips on it is not established.
     pub hide_xsave: bool,
 }
 
