@@ -18,7 +18,7 @@ export HUSK_VMM
 . "$top/vmm/tests/vm-lib.sh"
 ROUNDS=${ROUNDS:-3}
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
 q=() h=() rss=()
 for r in $(seq "$ROUNDS"); do
   t0=$(date +%s%N)
@@ -36,9 +36,9 @@ for r in $(seq "$ROUNDS"); do
   kill -TERM "$VMM_PID"; wait_vmm 30 || true
   echo "round $r: qemu ${q[-1]} ms, husk-vmm ${h[-1]} ms, husk-vmm RSS minus guest ${rss[-1]} KiB" >&2
 done
-qm=$(printf '%s\n' "${q[@]}" | median)
-hm=$(printf '%s\n' "${h[@]}" | median)
-rm_kib=$(printf '%s\n' "${rss[@]}" | median)
+qm=$(median "${q[@]}")
+hm=$(median "${h[@]}")
+rm_kib=$(median "${rss[@]}")
 echo "BENCH qemu_microvm_boot_ms $qm ms"
 echo "BENCH vmm_boot_ms $hm ms"
 echo "BENCH vmm_boot_ratio_vs_qemu $(awk -v h="$hm" -v q="$qm" 'BEGIN {printf "%.2f", h / q}') x"
@@ -84,10 +84,8 @@ for r in $(seq "$ROUNDS"); do
   kill "$QEMU_PID" 2>/dev/null; wait "$QEMU_PID" 2>/dev/null || true
   echo "round $r: blk read husk ${hr[-1]} / qemu ${qr[-1]} MiB/s, write husk ${hw[-1]} / qemu ${qw[-1]} MiB/s; vsock echo husk ${hv[-1]} / qemu ${qv[-1]} MiB/s" >&2
 done
-for k in hr hw qr qw hv qv; do
-  declare -n arr=$k
-  printf -v "m_$k" '%s' "$(printf '%s\n' "${arr[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}')"
-done
+m_hr=$(median "${hr[@]}") m_hw=$(median "${hw[@]}") m_hv=$(median "${hv[@]}")
+m_qr=$(median "${qr[@]}") m_qw=$(median "${qw[@]}") m_qv=$(median "${qv[@]}")
 echo "BENCH vmm_blk_read_mib_s $m_hr MiB/s"
 echo "BENCH qemu_blk_read_mib_s $m_qr MiB/s"
 echo "BENCH vmm_blk_read_ratio_vs_qemu $(ratio "$m_hr" "$m_qr") x"
