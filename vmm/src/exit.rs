@@ -11,8 +11,9 @@ pub enum ExitReason {
     GuestReset,
     /// The guest halted or powered off (seen on its console: no ACPI to tell us otherwise).
     GuestHalt,
-    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
-    TripleFault,
+    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN). `state` is that vCPU's registers at the
+    /// exit (see `Vcpu::fault_state`), so a rare fault can be diagnosed from one log.
+    TripleFault { vcpu: u8, state: String },
     /// The guest kernel panicked (seen on the console) and then reset.
     GuestPanic,
     /// SIGTERM or SIGINT asked the vmm to stop.
@@ -28,7 +29,7 @@ impl ExitReason {
         match self {
             ExitReason::GuestReset | ExitReason::GuestHalt => 0,
             ExitReason::InternalError(_) => 1,
-            ExitReason::TripleFault => 3,
+            ExitReason::TripleFault { .. } => 3,
             ExitReason::GuestPanic => 4,
             ExitReason::Stopped { .. } => 5,
         }
@@ -40,7 +41,9 @@ impl std::fmt::Display for ExitReason {
         match self {
             ExitReason::GuestReset => write!(f, "guest reset"),
             ExitReason::GuestHalt => write!(f, "guest halted"),
-            ExitReason::TripleFault => write!(f, "triple fault"),
+            ExitReason::TripleFault { vcpu, state } => {
+                write!(f, "triple fault on vCPU {vcpu}: {state}")
+            }
             ExitReason::GuestPanic => write!(f, "guest kernel panic"),
             ExitReason::Stopped { signal } => write!(f, "stopped by signal {signal}"),
             ExitReason::InternalError(e) => write!(f, "internal error: {e}"),
@@ -94,7 +97,10 @@ mod tests {
         let all = [
             ExitReason::GuestReset,
             ExitReason::InternalError(String::new()),
-            ExitReason::TripleFault,
+            ExitReason::TripleFault {
+                vcpu: 0,
+                state: String::new(),
+            },
             ExitReason::GuestPanic,
             ExitReason::Stopped { signal: 15 },
         ];

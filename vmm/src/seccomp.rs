@@ -30,6 +30,10 @@ pub enum SeccompError {
 }
 
 const KVM_RUN: u64 = 0xae80;
+/// Read-only vCPU state, fetched once after a triple fault (`Vcpu::fault_state`).
+const KVM_GET_REGS: u64 = 0x8090_ae81;
+const KVM_GET_SREGS: u64 = 0x8138_ae83;
+const KVM_GET_VCPU_EVENTS: u64 = 0x8040_ae9f;
 const FIONBIO: u64 = 0x5421;
 
 /// Syscalls every Rust thread needs: memory, locks, signals, exit.
@@ -103,7 +107,11 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     }
     match kind {
         ThreadKind::Vcpu => {
-            rules.insert(libc::SYS_ioctl, vec![ioctl_rule(kind, KVM_RUN)?]);
+            let mut ioctls = vec![];
+            for req in [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_VCPU_EVENTS] {
+                ioctls.push(ioctl_rule(kind, req)?);
+            }
+            rules.insert(libc::SYS_ioctl, ioctls);
         }
         ThreadKind::EventLoop => {
             rules.insert(libc::SYS_ioctl, vec![ioctl_rule(kind, FIONBIO)?]);
@@ -215,6 +223,20 @@ mod tests {
         assert_eq!(
             text.trim(),
             format!("husk-vmm: seccomp blocked syscall {}", libc::SYS_openat)
+        );
+    }
+
+    #[test]
+    fn vcpu_state_ioctl_numbers_match_the_structs() {
+        // _IOR(KVMIO, nr, T): read direction, T's size, type 0xAE.
+        fn ior<T>(nr: u64) -> u64 {
+            (2 << 30) | ((std::mem::size_of::<T>() as u64) << 16) | (0xae << 8) | nr
+        }
+        assert_eq!(KVM_GET_REGS, ior::<kvm_bindings::kvm_regs>(0x81));
+        assert_eq!(KVM_GET_SREGS, ior::<kvm_bindings::kvm_sregs>(0x83));
+        assert_eq!(
+            KVM_GET_VCPU_EVENTS,
+            ior::<kvm_bindings::kvm_vcpu_events>(0x9f)
         );
     }
 

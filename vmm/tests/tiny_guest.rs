@@ -140,5 +140,11 @@ fn triple_fault_is_reported() {
     }
     // int3 with an empty IVT limit: #GP, double fault, shutdown.
     let (reason, _) = run_real_mode(&[0xcc], Some(0));
-    assert_eq!(reason, ExitReason::TripleFault);
+    let ExitReason::TripleFault { vcpu, state } = reason else {
+        panic!("expected a triple fault, got {reason}");
+    };
+    assert_eq!(vcpu, 0);
+    // Real mode, stopped at the int3 (the instruction that faulted).
+    assert!(state.contains("cr0=0x"), "{state}");
+    assert!(state.contains("rip=0x"), "{state}");
 }
