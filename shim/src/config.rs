@@ -75,6 +75,10 @@ pub struct Config {
     pub memory_overhead_mib: u64,
     /// Extra kernel command-line words.
     pub kernel_params: String,
+    /// The guest reports the memory it frees (virtio-balloon free page reporting) and the
+    /// vmm gives it back to the host, so a pod's footprint shrinks after boot and after
+    /// its workload frees memory.
+    pub free_page_reporting: bool,
     /// The shim's log level (containerd's `-debug` still raises it to debug).
     pub log_level: LogLevel,
     /// Keep the guest console in `<state dir>/console.log` instead of discarding it.
@@ -97,6 +101,7 @@ impl Default for Config {
             default_memory_mib: 256,
             memory_overhead_mib: 64,
             kernel_params: String::new(),
+            free_page_reporting: true,
             log_level: LogLevel::Info,
             debug_console: false,
             boot_timeout_secs: 30,

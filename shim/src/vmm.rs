@@ -28,6 +28,10 @@ pub const SHARED_FS_TAG: &str = "husk-shared";
 pub const GUEST_CID: u32 = 3;
 /// Kernel command line before the config's extra words.
 pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule";
+/// Free page reporting in 2 MiB blocks (order 9). The guest kernel's default is its
+/// pageblock order, which is 4 MiB in our config (no hugetlbfs, no THP): smaller blocks
+/// give back more of a fragmented guest, and 2 MiB matches the host's huge page size.
+pub const PAGE_REPORTING_PARAM: &str = "page_reporting.page_reporting_order=9";
 /// Pid files in the pod directory, for `shim delete` after the shim was killed.
 pub const VMM_PID_FILE: &str = "vmm.pid";
 pub const VIRTIOFSD_PID_FILE: &str = "virtiofsd.pid";
@@ -65,6 +69,10 @@ impl HuskVmm {
         if !self.cfg.debug_console {
             cmdline.push_str(" quiet");
         }
+        if self.cfg.free_page_reporting {
+            cmdline.push(' ');
+            cmdline.push_str(PAGE_REPORTING_PARAM);
+        }
         if !self.cfg.kernel_params.is_empty() {
             cmdline.push(' ');
             cmdline.push_str(&self.cfg.kernel_params);
@@ -83,6 +91,7 @@ impl HuskVmm {
             "serial": serial,
             "vsock": { "guest_cid": GUEST_CID, "socket": vsock_socket(&req.pod_dir) },
             "fs": [{ "tag": SHARED_FS_TAG, "socket": virtiofsd_socket(&req.pod_dir) }],
+            "free_page_reporting": self.cfg.free_page_reporting,
         })
     }
 

@@ -320,6 +320,17 @@ fn main() {
                     Err(e) => say(&format!("fs FAILED write: {e}")),
                 }
             }
+            "memtouch" => {
+                // Touches 64 MiB and frees it: with free page reporting the host gets it
+                // back (tests/vm/25-vmm-balloon.sh watches the vmm's RSS).
+                let mut v = vec![0u8; 64 << 20];
+                for i in (0..v.len()).step_by(4096) {
+                    v[i] = 1;
+                }
+                let sum: usize = v.iter().step_by(4096).map(|b| *b as usize).sum();
+                drop(v);
+                say(&format!("memtouch {sum} pages touched and freed"));
+            }
             "net" => match net_up() {
                 Ok(()) => say("net up 172.30.0.2"),
                 Err(e) => say(&format!("net FAILED {e}")),

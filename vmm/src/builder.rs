@@ -277,6 +277,9 @@ impl TryFrom<&VmConfig> for Vmm {
         for f in &cfg.fs {
             b.attach_virtio(crate::devices::virtio::fs::Fs::new(f)?)?;
         }
+        if cfg.free_page_reporting {
+            b.attach_virtio(crate::devices::virtio::balloon::Balloon::new())?;
+        }
         let Builder { mmio, cmdline, .. } = b;
 
         boot::write_boot_params(vm.memory(), &kernel, &cmdline, initrd)?;

@@ -132,6 +132,10 @@ pub struct VmConfig {
     pub net: Vec<NetConfig>,
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+    /// A virtio-balloon device through which the guest reports its free pages, which the
+    /// vmm then gives back to the host.
+    #[serde(default)]
+    pub free_page_reporting: bool,
     /// Run even on a PVM or emulation-only /dev/kvm.
     #[serde(default)]
     pub force: bool,
@@ -157,6 +161,7 @@ impl Default for VmConfig {
             vsock: None,
             net: Vec::new(),
             fs: Vec::new(),
+            free_page_reporting: false,
             force: false,
             seccomp: true,
         }

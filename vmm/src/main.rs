@@ -57,6 +57,10 @@ struct RunArgs {
     /// virtio-fs: tag=TAG,socket=PATH (repeatable).
     #[arg(long)]
     fs: Vec<String>,
+    /// Attach a virtio-balloon device for free page reporting: the guest's freed memory
+    /// goes back to the host.
+    #[arg(long)]
+    free_page_reporting: bool,
     /// Run even on a PVM or emulation-only /dev/kvm.
     #[arg(long)]
     force: bool,
@@ -101,6 +105,7 @@ fn config(a: Box<RunArgs>) -> Result<VmConfig> {
         c.fs.push(FsConfig::parse(f)?);
     }
     c.force |= a.force;
+    c.free_page_reporting |= a.free_page_reporting;
     if a.no_seccomp {
         c.seccomp = false;
     }

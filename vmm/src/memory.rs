@@ -3,9 +3,12 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
 
 use crate::arch::layout;
 
@@ -22,6 +25,85 @@ pub enum MemoryError {
     Resize { size: u64, err: std::io::Error },
     #[error("mapping guest memory failed: {0}")]
     Map(vm_memory::mmap::FromRangesError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscardError {
+    #[error("range {gpa:#x}+{len:#x} is not inside guest RAM")]
+    OutOfRange { gpa: u64, len: u64 },
+    #[error("discarding {len:#x} bytes at {gpa:#x}: {err}")]
+    Io {
+        gpa: u64,
+        len: u64,
+        err: std::io::Error,
+    },
+}
+
+/// Guest page size: what discards are aligned to.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Gives back to the host the guest pages in `[gpa, gpa + len)`, which the guest said it no
+/// longer uses (free page reporting, balloon inflation). Only the whole pages inside the
+/// range go; the guest reads zeros there afterwards. Memfd-backed RAM gets its pages
+/// punched out of the file (so virtiofsd's mapping of it lets go too); anonymous RAM (tests)
+/// is dropped with MADV_DONTNEED. The whole range is checked before anything is dropped: a
+/// range that leaves guest RAM, wherever the guest put it, drops nothing. Returns the bytes
+/// dropped.
+pub fn discard(mem: &GuestMemory, gpa: u64, len: u64) -> Result<u64, DiscardError> {
+    let out = || DiscardError::OutOfRange { gpa, len };
+    let end = gpa.checked_add(len).ok_or_else(out)?;
+    let start = gpa.checked_next_multiple_of(PAGE_SIZE).ok_or_else(out)?;
+    let end = end - end % PAGE_SIZE;
+    if start >= end {
+        return Ok(0);
+    }
+    // (region, offset in region, length): at most one piece per region, so this is bounded
+    // by the region count (two), not by anything the guest chose.
+    let mut pieces = Vec::with_capacity(2);
+    let mut at = start;
+    while at < end {
+        let region = mem.find_region(GuestAddress(at)).ok_or_else(out)?;
+        let off = at - region.start_addr().0;
+        let n = (region.len() - off).min(end - at);
+        pieces.push((region, off, n));
+        at += n;
+    }
+    for (region, off, n) in pieces {
+        let io = |err| DiscardError::Io {
+            gpa: region.start_addr().0 + off,
+            len: n,
+            err,
+        };
+        let rc = match region.file_offset() {
+            Some(fo) => {
+                let file_off = i64::try_from(fo.start() + off).map_err(|_| out())?;
+                let n = i64::try_from(n).map_err(|_| out())?;
+                // SAFETY: fallocate on the memfd we own; punching a hole only drops pages of
+                // that file (KEEP_SIZE: its size stays), no memory of ours is touched.
+                unsafe {
+                    libc::fallocate(
+                        fo.file().as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        file_off,
+                        n,
+                    )
+                }
+            }
+            None => {
+                let host = region
+                    .get_host_address(MemoryRegionAddress(off))
+                    .map_err(|_| out())?;
+                // SAFETY: `host..host+n` lies inside this region's mapping (checked above);
+                // the guest gave these pages up, and nothing in the vmm keeps references
+                // into guest memory across this call.
+                unsafe { libc::madvise(host.cast(), n as usize, libc::MADV_DONTNEED) }
+            }
+        };
+        if rc != 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(end - start)
 }
 
 /// Smallest guest we agree to build.
@@ -68,7 +150,7 @@ fn memfd(name: &str) -> Result<File, MemoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+    use vm_memory::Bytes;
 
     #[test]
     fn memfd_backed_and_usable() {
@@ -82,6 +164,73 @@ mod tests {
             mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
             0xdead_beef
         );
+    }
+
+    /// Resident pages of the memfd behind `mem` (via mincore on a fresh mapping).
+    fn resident_pages(mem: &GuestMemory) -> usize {
+        let region = mem.iter().next().unwrap();
+        let fd = region.file_offset().unwrap().file().as_raw_fd();
+        let len = region.len() as usize;
+        // SAFETY: a fresh shared read-only mapping of our own memfd, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let mut vec = vec![0u8; len / PAGE_SIZE as usize];
+        // SAFETY: `p` maps `len` bytes; `vec` has one byte per page.
+        assert_eq!(unsafe { libc::mincore(p, len, vec.as_mut_ptr()) }, 0);
+        // SAFETY: unmapping what we mapped.
+        unsafe { libc::munmap(p, len) };
+        vec.iter().filter(|b| *b & 1 != 0).count()
+    }
+
+    #[test]
+    fn discard_gives_pages_back_and_reads_zero() {
+        let mem = create(32 << 20).unwrap();
+        let data = vec![0xa5u8; 1 << 20];
+        mem.write_slice(&data, GuestAddress(4 << 20)).unwrap();
+        assert!(resident_pages(&mem) >= 256);
+        // An unaligned range: only the whole pages inside it go.
+        let n = discard(&mem, (4 << 20) + 1, (1 << 20) - 1).unwrap();
+        assert_eq!(n, (1 << 20) - PAGE_SIZE);
+        assert_eq!(resident_pages(&mem), 1);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(4 << 20)).unwrap(), 0xa5);
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress((4 << 20) + 8192)).unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn discard_outside_ram_drops_nothing() {
+        let mem = create(32 << 20).unwrap();
+        mem.write_slice(&[1u8; 8192], GuestAddress((32 << 20) - 8192))
+            .unwrap();
+        // Starts inside, ends past the end: refused as a whole.
+        assert!(matches!(
+            discard(&mem, (32 << 20) - 8192, 16384),
+            Err(DiscardError::OutOfRange { .. })
+        ));
+        assert_eq!(resident_pages(&mem), 2);
+        assert!(discard(&mem, u64::MAX - 10, 100).is_err());
+        assert!(discard(&mem, 1 << 40, 4096).is_err());
+        // Less than a page: nothing to do, not an error.
+        assert_eq!(discard(&mem, 0x1001, 100).unwrap(), 0);
+    }
+
+    #[test]
+    fn discard_on_anonymous_memory() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        mem.write_obj(7u64, GuestAddress(0x3000)).unwrap();
+        assert_eq!(discard(&mem, 0x3000, 0x1000).unwrap(), 0x1000);
+        assert_eq!(mem.read_obj::<u64>(GuestAddress(0x3000)).unwrap(), 0);
     }
 
     #[test]

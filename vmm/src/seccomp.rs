@@ -115,6 +115,16 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         }
         ThreadKind::EventLoop => {
             rules.insert(libc::SYS_ioctl, vec![ioctl_rule(kind, FIONBIO)?]);
+            // fallocate only punches holes: the balloon gives guest pages back
+            // (`memory::discard`); it never grows a file.
+            let punch = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u64;
+            let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, punch)
+                .map_err(|e| SeccompError::Build(kind, e.to_string()))?;
+            rules.insert(
+                libc::SYS_fallocate,
+                vec![SeccompRule::new(vec![cond])
+                    .map_err(|e| SeccompError::Build(kind, e.to_string()))?],
+            );
         }
         ThreadKind::Console | ThreadKind::Main => {}
     }

@@ -141,6 +141,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             .queues
             .iter()
             .enumerate()
+            .filter(|(i, _)| self.device.queue_required(*i, self.acked_features))
             .find(|(_, q)| !q.is_valid(&self.mem));
         let kicks: std::io::Result<Vec<EventFd>> =
             self.queue_evts.iter().map(|e| e.try_clone()).collect();

@@ -3,6 +3,7 @@
 //! Each device lives in its own folder with the same file roles: `device.rs` (the model and
 //! its queue handling), plus its request or packet parsers.
 
+pub mod balloon;
 pub mod blk;
 pub mod fs;
 pub mod mmio;
@@ -24,6 +25,7 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_BALLOON: u32 = 5;
 pub const TYPE_VSOCK: u32 = 19;
 pub const TYPE_FS: u32 = 26;
 
@@ -138,6 +140,12 @@ pub trait VirtioDevice: Send {
         -> Result<(), ActivateError>;
     /// Back to the inactive state (driver wrote 0 to Status).
     fn reset(&mut self, reg: &mut dyn EventRegistry);
+    /// Whether the driver must have set up queue `index` before DRIVER_OK, given the
+    /// features it accepted. Some queues exist only with a feature (virtio-balloon's
+    /// reporting queue); a queue that is not required may reach the device unready.
+    fn queue_required(&self, _index: usize, _acked_features: u64) -> bool {
+        true
+    }
     /// The driver notified queue `index`.
     fn queue_notify(&mut self, index: usize, reg: &mut dyn EventRegistry);
     /// Whether the event loop handles the queue notifications (false when a vhost-user
