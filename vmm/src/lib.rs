@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod devices;
 pub mod exit;
+pub mod logger;
 pub mod memory;
 pub mod seccomp;
 pub mod vcpu;

@@ -125,6 +125,7 @@ fn main() -> Result<()> {
             std::process::exit(if runnable { 0 } else { 1 });
         }
         Cmd::Run(args) => {
+            husk_vmm::logger::init();
             let cfg = config(args)?;
             let vmm = Vmm::try_from(&cfg).context("building the VM")?;
             let reason = vmm.run().context("running the VM")?;
