@@ -221,6 +221,7 @@ impl FakeVm {
         self.agent.die();
         self.exit.send_replace(Some(VmExit {
             description: "was killed by signal 9".into(),
+            code: None,
         }));
     }
     pub fn is_running(&self) -> bool {
@@ -238,6 +239,7 @@ impl VmProcess for FakeVm {
         let v = rx.wait_for(Option::is_some).await.map(|v| v.clone());
         v.ok().flatten().unwrap_or(VmExit {
             description: "gone".into(),
+            code: None,
         })
     }
     async fn stop(&self) {
@@ -248,6 +250,7 @@ impl VmProcess for FakeVm {
             }
             *e = Some(VmExit {
                 description: "stopped".into(),
+                code: None,
             });
             true
         });

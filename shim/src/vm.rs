@@ -28,6 +28,8 @@ pub struct VmRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmExit {
     pub description: String,
+    /// The vmm's exit status, when it exited (rather than being killed).
+    pub code: Option<i32>,
 }
 
 /// A running VM (the vmm process and its helpers).

@@ -35,6 +35,14 @@ pub const PAGE_REPORTING_PARAM: &str = "page_reporting.page_reporting_order=9";
 /// Pid files in the pod directory, for `shim delete` after the shim was killed.
 pub const VMM_PID_FILE: &str = "vmm.pid";
 pub const VIRTIOFSD_PID_FILE: &str = "virtiofsd.pid";
+/// husk-vmm's exit status when a vCPU triple-faulted.
+pub const VMM_EXIT_TRIPLE_FAULT: i32 = 3;
+/// Boots a pod gets when its guest triple-faults before the agent answers. In the nested
+/// test host (QEMU TCG with emulated SVM) about one guest boot in tens dies this way at a
+/// random point of kernel boot (issue 3: the cause is not found; on AMD, KVM resets the
+/// vCPU after the shutdown, so the vmm cannot show where it was). Nothing of the pod ran
+/// yet, so a second boot is safe and the warning keeps the event visible.
+pub const BOOT_ATTEMPTS: u32 = 2;
 /// How long a stopped vmm gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -181,25 +189,39 @@ impl HuskVmm {
 #[async_trait]
 impl VmLauncher for HuskVmm {
     async fn launch(&self, req: &VmRequest) -> Result<RunningVm> {
-        let net = match &req.netns {
-            Some(ns) => Some(attach_network(ns).await?),
-            None => None,
-        };
-        let vm = match self.start_vm(req, net.clone()).await {
-            Ok(vm) => vm,
-            Err(e) => {
-                if let Some(n) = net {
-                    detach_network(n).await;
+        let mut attempt = 1;
+        let (vm, net, agent) = loop {
+            let net = match &req.netns {
+                Some(ns) => Some(attach_network(ns).await?),
+                None => None,
+            };
+            let vm = match self.start_vm(req, net.clone()).await {
+                Ok(vm) => vm,
+                Err(e) => {
+                    if let Some(n) = net {
+                        detach_network(n).await;
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
-        };
-        // From here on the vm's watcher detaches the network when the vmm has ended.
-        let agent = match self.boot(req, &vm).await {
-            Ok(agent) => agent,
-            Err(e) => {
-                vm.stop().await;
-                return Err(e);
+            };
+            // From here on the vm's watcher detaches the network when the vmm has ended.
+            match self.boot(req, &vm).await {
+                Ok(agent) => break (vm, net, agent),
+                Err(e) => {
+                    vm.stop().await;
+                    let triple_fault = vm
+                        .has_exited()
+                        .is_some_and(|x| x.code == Some(VMM_EXIT_TRIPLE_FAULT));
+                    if triple_fault && attempt < BOOT_ATTEMPTS {
+                        log::warn!(
+                            "pod {}: the guest triple-faulted while booting ({e}); booting it again",
+                            req.pod_id
+                        );
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(e);
+                }
             }
         };
         if let Some(n) = &net {
@@ -426,15 +448,15 @@ impl ChildVm {
             });
         }
         tokio::spawn(async move {
-            let description = match child.wait().await {
-                Ok(s) => describe(s),
-                Err(e) => format!("could not be waited for: {e}"),
+            let (description, code) = match child.wait().await {
+                Ok(s) => (describe(s), s.code()),
+                Err(e) => (format!("could not be waited for: {e}"), None),
             };
             // The tap is free once the vmm is gone: teardown before the end is published.
             if let Some(n) = net {
                 detach_network(n).await;
             }
-            let _ = tx.send(Some(VmExit { description }));
+            let _ = tx.send(Some(VmExit { description, code }));
         });
         Arc::new(ChildVm {
             pid,
@@ -472,6 +494,7 @@ impl VmProcess for ChildVm {
         };
         seen.unwrap_or_else(|| VmExit {
             description: "ended (watcher gone)".into(),
+            code: None,
         })
     }
 

@@ -145,6 +145,49 @@ async fn vmm_that_dies_is_reported_with_its_log() {
     assert!(gone(recorded_pid(&req.pod_dir, VIRTIOFSD_PID_FILE)));
 }
 
+/// A vmm stand-in that triple-faults (exit 3) on its first `n` runs, then serves the
+/// handshake; the runs are counted in a file beside its config.
+fn flaky_vmm(n: u32) -> String {
+    format!(
+        "#!/bin/sh\nf=\"$(dirname \"$3\")/runs\"\necho x >> \"$f\"\n\
+         [ \"$(wc -l < \"$f\")\" -le {n} ] && {{ echo 'husk-vmm: triple fault on vCPU 0' >&2; exit 3; }}\n\
+         exec python3 - \"$@\" <<'EOF'\n{}\nEOF\n",
+        FAKE_VMM.trim_start_matches("#!/usr/bin/env python3\n")
+    )
+}
+
+#[tokio::test]
+async fn a_guest_that_triple_faults_at_boot_is_booted_again_once() {
+    let (_d, vmm, req) = setup(&flaky_vmm(1), FAKE_VIRTIOFSD);
+    let vm = vmm.launch(&req).await.unwrap();
+    vm.agent.health_check().await.unwrap();
+    let runs = std::fs::read_to_string(req.pod_dir.join("runs")).unwrap();
+    assert_eq!(runs.lines().count(), 2);
+    vm.process.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_triple_fault_fails_the_launch() {
+    let (_d, vmm, req) = setup(&flaky_vmm(2), FAKE_VIRTIOFSD);
+    let e = vmm.launch(&req).await.unwrap_err().to_string();
+    assert!(e.contains("husk-vmm exited with status 3"), "{e}");
+    assert!(e.contains("triple fault"), "{e}");
+    let runs = std::fs::read_to_string(req.pod_dir.join("runs")).unwrap();
+    assert_eq!(runs.lines().count(), BOOT_ATTEMPTS as usize);
+    assert!(gone(recorded_pid(&req.pod_dir, VIRTIOFSD_PID_FILE)));
+}
+
+#[tokio::test]
+async fn other_boot_failures_are_not_retried() {
+    let (_d, vmm, req) = setup(
+        "#!/bin/sh\necho x >> \"$(dirname \"$3\")/runs\"\nexit 1\n",
+        FAKE_VIRTIOFSD,
+    );
+    assert!(vmm.launch(&req).await.is_err());
+    let runs = std::fs::read_to_string(req.pod_dir.join("runs")).unwrap();
+    assert_eq!(runs.lines().count(), 1);
+}
+
 #[tokio::test]
 async fn virtiofsd_that_fails_stops_the_launch() {
     let (_d, vmm, req) = setup(FAKE_VMM, "#!/bin/sh\necho 'no such dir' >&2\nexit 1\n");
