@@ -15,7 +15,7 @@ idle=${BALLOON_IDLE_SECS:-15}
 guest_kib() {
   local name=$1; shift
   run_vmm "$tmp/$name.log" --kernel "$guest/vmlinux" --initrd "$probe" --mem 256 "$@" \
-    --cmdline "console=ttyS0 reboot=k panic=-1 page_reporting.page_reporting_order=9 probe=memtouch"
+    --cmdline "console=ttyS0 reboot=k panic=-1 page_reporting.page_reporting_order=5 probe=memtouch"
   if ! wait_for_line "$tmp/$name.log" "probe: done" 120; then
     kill -9 "$VMM_PID" 2>/dev/null || true; show "$tmp/$name.log" >&2; fail "$name: probe did not finish"
   fi

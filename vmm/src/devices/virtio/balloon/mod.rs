@@ -1,5 +1,5 @@
 //! virtio-balloon (virtio 1.2, section 5.5), used for one thing: **free page reporting**.
-//! The guest kernel hands the device blocks of memory it has free (2 MiB and up, see the
+//! The guest kernel hands the device blocks of memory it has free (128 KiB and up, see the
 //! shim's `page_reporting.page_reporting_order`), and the vmm punches them out of the
 //! guest-RAM memfd, so the host gets back what the guest touched once and freed: the
 //! initramfs after it is unpacked, a build's memory after the build. Firecracker and QEMU
