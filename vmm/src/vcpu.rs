@@ -119,7 +119,11 @@ impl Vcpu {
     /// The vCPU's state after a triple fault, in one line: where it was (rip, rsp, the
     /// mode in cr0/cr4/efer, the page table in cr3, the last page fault in cr2), its
     /// descriptor tables, and any exception KVM still held pending. A guest that dies once
-    /// in hundreds of boots can only be diagnosed from this.
+    /// in hundreds of boots can only be diagnosed from this. On Intel KVM leaves the state
+    /// as the fault left it; on AMD it re-initializes the vCPU at the shutdown intercept
+    /// (the VMCB is undefined after it), so there the registers read as after INIT (rip
+    /// 0xfff0) and only the exception vector, which the reset does not clear, is a hint:
+    /// the last one KVM itself queued for the guest.
     pub fn fault_state(&self) -> String {
         let mut out = String::new();
         match self.fd.get_regs() {
