@@ -153,6 +153,7 @@ impl Net {
                     }
                     break;
                 }
+                Outcome::Dropped if self.rx_used.is_empty() => {}
                 Outcome::Delivered | Outcome::Dropped => {
                     if rx::publish(&mut a.rx, &mem, &self.rx_used).is_err() {
                         break;
