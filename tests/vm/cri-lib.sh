@@ -105,7 +105,8 @@ cri_show_logs() {
   set +e
   ps -eo pid,pcpu,etime,args | grep -E 'husk|virtiofsd|containerd' | grep -v grep | cut -c1-200
   grep -v 'loading plugin\|skip plugin\|devmapper\|level=info' "$w/containerd.log" | tail -25
-  for f in "$w"/logs/* "$w"/podlogs/*/*; do [ -f "$f" ] && { echo "== $f"; tail -25 "$f"; }; done
+  for f in "$w"/logs/* "$w"/podlogs/*/* "$rundir"/*/virtiofsd.log; do [ -f "$f" ] && { echo "== $f"; tail -25 "$f"; }; done
+  echo "== dmesg"; dmesg 2>/dev/null | tail -15
 }
 fail() { cri_show_logs; echo "FAIL: $*" >&2; exit 1; }
 cri_cleanup() {

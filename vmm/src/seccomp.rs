@@ -35,6 +35,8 @@ const KVM_GET_REGS: u64 = 0x8090_ae81;
 const KVM_GET_SREGS: u64 = 0x8138_ae83;
 const KVM_GET_VCPU_EVENTS: u64 = 0x8040_ae9f;
 const FIONBIO: u64 = 0x5421;
+/// x86_64 only (as the filters): `c_ulong` is `u64`.
+const TUNSETOFFLOAD: u64 = crate::devices::virtio::net::tap::TUNSETOFFLOAD;
 
 /// Syscalls every Rust thread needs: memory, locks, signals, exit.
 const COMMON: &[i64] = &[
@@ -114,7 +116,11 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             rules.insert(libc::SYS_ioctl, ioctls);
         }
         ThreadKind::EventLoop => {
-            rules.insert(libc::SYS_ioctl, vec![ioctl_rule(kind, FIONBIO)?]);
+            // TUNSETOFFLOAD: virtio-net sets the tap's offloads when the driver activates it.
+            rules.insert(
+                libc::SYS_ioctl,
+                vec![ioctl_rule(kind, FIONBIO)?, ioctl_rule(kind, TUNSETOFFLOAD)?],
+            );
             // fallocate only punches holes: the balloon gives guest pages back
             // (`memory::discard`); it never grows a file.
             let punch = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u64;
@@ -259,6 +265,44 @@ mod tests {
             ThreadKind::Main,
         ] {
             assert!(!filter(k).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn event_loop_may_set_tap_offloads_only() {
+        // In a child: under the event loop's filter, TUNSETOFFLOAD returns (ENOTTY on a
+        // pipe), another tun ioctl (TUNSETIFF) is trapped.
+        for (request, allowed) in [(TUNSETOFFLOAD, true), (0x4004_54ca, false)] {
+            let mut fds = [0; 2];
+            // SAFETY: creating a pipe into a valid array.
+            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+            // SAFETY: fork in a test; the child only makes raw syscalls and exits.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                if apply(ThreadKind::EventLoop).is_err() {
+                    // SAFETY: exiting the forked child.
+                    unsafe { libc::_exit(10) };
+                }
+                // SAFETY: an ioctl with an integer argument on our own pipe fd.
+                unsafe { libc::ioctl(fds[0], request as libc::c_ulong, 0 as libc::c_ulong) };
+                // SAFETY: exiting the forked child.
+                unsafe { libc::_exit(0) };
+            }
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            // SAFETY: closing our pipe.
+            unsafe {
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
+            if allowed {
+                assert!(libc::WIFEXITED(status), "status {status:#x}");
+                assert_eq!(libc::WEXITSTATUS(status), 0);
+            } else {
+                assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+                assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! The virtio-net device model: queue 0 receives (tap -> guest), queue 1 transmits
-//! (guest -> tap). Frames go through one fixed buffer each way.
+//! (guest -> tap). Frames go through one fixed buffer each way (a frame of at most
+//! [`MAX_FRAME`] bytes); nothing is allocated per frame.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -9,7 +10,11 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::EventSet;
 
-use super::{parse_mac, tap, NetError, HDR_LEN, MAX_FRAME, VIRTIO_NET_F_MAC};
+use super::features::{tap_offloads, OFFERED, VIRTIO_NET_F_MRG_RXBUF};
+use super::header::NetHdr;
+use super::rx::{self, Outcome};
+use super::tap::{self, SetOffload, TunSetOffload};
+use super::{parse_mac, NetError, HDR_LEN, MAX_FRAME};
 use crate::config::NetConfig;
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, Activation, EventRegistry, Interrupt, VirtioDevice,
@@ -28,6 +33,8 @@ struct Active {
     rx: Queue,
     tx: Queue,
     interrupt: Arc<Interrupt>,
+    /// The features the driver accepted.
+    acked: u64,
 }
 
 enum State {
@@ -37,14 +44,18 @@ enum State {
 
 pub struct Net {
     tap: File,
+    offload: Box<dyn SetOffload>,
     config: [u8; 6],
     state: State,
     /// A frame read from the tap that found no RX buffer yet.
     pending: Option<usize>,
     /// Whether the tap's readability is watched (dropped while RX buffers run out).
     watching: bool,
+    /// One byte longer than a frame may be, so a longer read is seen and dropped.
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
+    /// The used-ring entries of the frame being delivered (capacity: the queue's size).
+    rx_used: Vec<(u16, u32)>,
 }
 
 impl Net {
@@ -53,19 +64,25 @@ impl Net {
             Some(m) => parse_mac(m)?,
             None => [0x06, 0x00, 0x48, 0x55, 0x53, 0x4b],
         };
-        Ok(Net::with_tap(tap::open(&cfg.tap)?, mac))
+        Ok(Net::with_tap(
+            tap::open(&cfg.tap)?,
+            mac,
+            Box::new(TunSetOffload),
+        ))
     }
 
-    /// A device over any tap-like file (tests use a socket pair).
-    pub fn with_tap(tap: File, mac: [u8; 6]) -> Net {
+    /// A device over any tap-like file (tests use a socket pair) and its offload switch.
+    pub fn with_tap(tap: File, mac: [u8; 6], offload: Box<dyn SetOffload>) -> Net {
         Net {
             tap,
+            offload,
             config: mac,
             state: State::Inactive,
             pending: None,
             watching: true,
-            rx_buf: vec![0u8; MAX_FRAME],
+            rx_buf: vec![0u8; MAX_FRAME + 1],
             tx_buf: vec![0u8; MAX_FRAME],
+            rx_used: Vec::with_capacity(usize::from(QUEUE_SIZE)),
         }
     }
 
@@ -80,9 +97,13 @@ impl Net {
             let head = chain.head_index();
             if let Ok(mut r) = chain.reader(&mem) {
                 let len = r.available_bytes();
-                // Oversized or header-less frames are dropped, not truncated.
+                // Oversized or header-less frames are dropped, not truncated; so are
+                // frames whose header asks for what was not negotiated or is malformed.
                 if (HDR_LEN..=MAX_FRAME).contains(&len)
                     && r.read_exact(&mut self.tx_buf[..len]).is_ok()
+                    && NetHdr::parse(&self.tx_buf[..len])
+                        .and_then(|h| h.check_tx(a.acked, len - HDR_LEN))
+                        .is_ok()
                 {
                     // A full tap queue drops the frame, as a NIC would.
                     let _ = self.tap.write(&self.tx_buf[..len]);
@@ -110,41 +131,36 @@ impl Net {
             let len = match self.pending.take() {
                 Some(l) => l,
                 None => match self.tap.read(&mut self.rx_buf) {
-                    Ok(n) if n >= HDR_LEN => n,
+                    // A tap reports a frame's whole length even when it did not fit the
+                    // buffer: longer than a frame may be means truncated, dropped.
+                    Ok(n) if (HDR_LEN..=MAX_FRAME).contains(&n) => n,
                     Ok(0) => break,
                     Ok(_) => continue,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(_) => break,
                 },
             };
-            let Some(chain) = a.rx.pop_descriptor_chain(&mem) else {
-                // No buffer: keep the frame and stop watching the tap until the guest
-                // adds buffers (else epoll would report it readable forever).
-                self.pending = Some(len);
-                if self.watching {
-                    reg.modify(self.tap.as_raw_fd(), TOKEN_TAP, EventSet::empty());
-                    self.watching = false;
-                }
-                break;
-            };
-            let head = chain.head_index();
-            let written = match chain.writer(&mem) {
-                Ok(mut w) if w.available_bytes() >= len => {
-                    // num_buffers = 1 (no mergeable RX buffers).
-                    self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
-                    if w.write_all(&self.rx_buf[..len]).is_ok() {
-                        len as u32
-                    } else {
-                        0
+            let mergeable = a.acked & VIRTIO_NET_F_MRG_RXBUF != 0;
+            let frame = &mut self.rx_buf[..len];
+            match rx::write_frame(&mut a.rx, &mem, frame, mergeable, &mut self.rx_used) {
+                Outcome::NoBuffers => {
+                    // Keep the frame and stop watching the tap until the guest adds
+                    // buffers (else epoll would report it readable forever).
+                    self.pending = Some(len);
+                    if self.watching {
+                        reg.modify(self.tap.as_raw_fd(), TOKEN_TAP, EventSet::empty());
+                        self.watching = false;
                     }
+                    break;
                 }
-                // Buffer too small or unusable: the frame is dropped.
-                _ => 0,
-            };
-            if a.rx.add_used(&mem, head, written).is_err() {
-                break;
+                Outcome::Dropped if self.rx_used.is_empty() => {}
+                Outcome::Delivered | Outcome::Dropped => {
+                    if rx::publish(&mut a.rx, &mem, &self.rx_used).is_err() {
+                        break;
+                    }
+                    used += self.rx_used.len();
+                }
             }
-            used += 1;
         }
         if used > 0 {
             a.interrupt.signal(INT_USED_RING);
@@ -163,7 +179,7 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_NET_F_MAC
+        OFFERED
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -175,11 +191,19 @@ impl VirtioDevice for Net {
         let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
             return Err(ActivateError::InvalidQueue(TXQ));
         };
+        // The tap hands over only what the guest accepted (also after a reset and a new
+        // negotiation). A tap that refuses leaves frames unoffloaded, which every guest
+        // takes: worth a warning, not a failed device.
+        let offloads = tap_offloads(a.acked_features);
+        if let Err(e) = self.offload.set_offload(&self.tap, offloads) {
+            log::warn!("virtio-net: setting tap offloads {offloads:#x}: {e}");
+        }
         self.state = State::Active(Active {
             mem: a.mem,
             rx,
             tx,
             interrupt: a.interrupt,
+            acked: a.acked_features,
         });
         Ok(())
     }

@@ -1,7 +1,10 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
+use std::sync::Mutex;
 
 use super::*;
+use crate::devices::virtio::net::features::*;
+use crate::devices::virtio::net::header::{F_NEEDS_CSUM, GSO_TCPV4};
 use crate::devices::virtio::test_utils::{desc, mem, used, RecordingRegistry, F_NEXT, F_WRITE};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
@@ -10,18 +13,38 @@ use vmm_sys_util::eventfd::EventFd;
 const RX_BUFS: u64 = 0x10_0000;
 const TX_BUFS: u64 = 0x20_0000;
 
-fn setup(
-    m: &GuestMemory,
-) -> (
+/// Records the offloads the device sets.
+#[derive(Default, Clone)]
+struct Offloads(Arc<Mutex<Vec<u32>>>);
+
+impl SetOffload for Offloads {
+    fn set_offload(&mut self, _: &File, flags: u32) -> std::io::Result<()> {
+        self.0.lock().unwrap().push(flags);
+        Ok(())
+    }
+}
+
+type Setup<'a> = (
     Net,
     UnixDatagram,
-    MockSplitQueue<'_, GuestMemory>,
-    MockSplitQueue<'_, GuestMemory>,
-) {
+    MockSplitQueue<'a, GuestMemory>,
+    MockSplitQueue<'a, GuestMemory>,
+);
+
+fn setup(m: &GuestMemory) -> Setup<'_> {
+    setup_with(m, 0, Offloads::default())
+}
+
+/// A device activated with `acked` features.
+fn setup_with(m: &GuestMemory, acked: u64, offloads: Offloads) -> Setup<'_> {
     let (a, b) = UnixDatagram::pair().unwrap();
     a.set_nonblocking(true).unwrap();
     b.set_nonblocking(true).unwrap();
-    let mut n = Net::with_tap(File::from(OwnedFd::from(a)), [2, 0, 0, 0, 0, 1]);
+    let mut n = Net::with_tap(
+        File::from(OwnedFd::from(a)),
+        [2, 0, 0, 0, 0, 1],
+        Box::new(offloads),
+    );
     let rxq = MockSplitQueue::create(m, GuestAddress(0), 16);
     let txq = MockSplitQueue::create(m, GuestAddress(0x8000), 16);
     n.activate(
@@ -30,7 +53,7 @@ fn setup(
             queues: vec![rxq.create_queue().unwrap(), txq.create_queue().unwrap()],
             queue_evts: Vec::new(),
             interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
-            acked_features: 0,
+            acked_features: acked,
         },
         &mut RecordingRegistry::default(),
     )
@@ -119,4 +142,197 @@ fn rx_buffer_too_small_drops_the_frame() {
     peer.send(&[0u8; 100]).unwrap();
     n.process_event(TOKEN_TAP, EventSet::IN, &mut RecordingRegistry::default());
     assert_eq!(used(&rxq), vec![(0, 0)]);
+}
+
+#[test]
+fn offers_offloads_and_sets_the_taps_from_the_accepted_ones() {
+    let m = mem();
+    let offloads = Offloads::default();
+    let (n, _peer, _, _) = setup_with(&m, OFFERED, offloads.clone());
+    assert_eq!(n.features(), OFFERED);
+    assert_eq!(*offloads.0.lock().unwrap(), vec![0x0f]);
+    // A driver taking none of them gets a tap that offloads nothing (a persistent tap keeps
+    // what the last vmm set).
+    let offloads = Offloads::default();
+    let _ = setup_with(&m, VIRTIO_NET_F_MAC, offloads.clone());
+    assert_eq!(*offloads.0.lock().unwrap(), vec![0]);
+}
+
+/// A frame of `len` bytes: a header with `flags` and `gso_type`, then a counting pattern.
+fn frame(len: usize) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    f[..HDR_LEN].fill(0);
+    f
+}
+
+fn read_guest(m: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    m.read_slice(&mut v, GuestAddress(addr)).unwrap();
+    v
+}
+
+#[test]
+fn mergeable_rx_spans_chains_and_counts_them() {
+    let m = mem();
+    let (mut n, peer, rxq, _txq) = setup_with(&m, OFFERED, Offloads::default());
+    let chains: Vec<_> = (0..4)
+        .map(|i| desc(RX_BUFS + i * 0x100, 64, F_WRITE, 0))
+        .collect();
+    for (i, d) in chains.iter().enumerate() {
+        rxq.add_desc_chains(std::slice::from_ref(d), i as u16)
+            .unwrap();
+    }
+    let f = frame(150);
+    peer.send(&f).unwrap();
+    n.process_event(TOKEN_TAP, EventSet::IN, &mut RecordingRegistry::default());
+    assert_eq!(used(&rxq), vec![(0, 64), (1, 64), (2, 22)]);
+    let first = read_guest(&m, RX_BUFS, 64);
+    assert_eq!(u16::from_le_bytes([first[10], first[11]]), 3);
+    assert_eq!(&first[HDR_LEN..], &f[HDR_LEN..64]);
+    assert_eq!(read_guest(&m, RX_BUFS + 0x100, 64), &f[64..128]);
+    assert_eq!(read_guest(&m, RX_BUFS + 0x200, 22), &f[128..150]);
+}
+
+#[test]
+fn mergeable_rx_waits_for_enough_buffers() {
+    let m = mem();
+    let (mut n, peer, rxq, _txq) = setup_with(&m, OFFERED, Offloads::default());
+    let mut reg = RecordingRegistry::default();
+    n.init_events(&mut reg);
+    rxq.add_desc_chains(&[desc(RX_BUFS, 64, F_WRITE, 0)], 0)
+        .unwrap();
+    let f = frame(150);
+    peer.send(&f).unwrap();
+    n.process_event(TOKEN_TAP, EventSet::IN, &mut reg);
+    // One buffer is not enough: nothing used, the frame kept, the tap no longer watched.
+    assert!(used(&rxq).is_empty());
+    assert_eq!(reg.added[0].2, EventSet::empty());
+    rxq.add_desc_chains(&[desc(RX_BUFS + 0x100, 64, F_WRITE, 0)], 1)
+        .unwrap();
+    rxq.add_desc_chains(&[desc(RX_BUFS + 0x200, 64, F_WRITE, 0)], 2)
+        .unwrap();
+    n.queue_notify(RXQ, &mut reg);
+    assert_eq!(used(&rxq), vec![(0, 64), (1, 64), (2, 22)]);
+    assert_eq!(read_guest(&m, RX_BUFS + 10, 2), [3, 0]);
+    assert_eq!(reg.added[0].2, EventSet::IN);
+}
+
+#[test]
+fn frame_too_large_for_the_whole_ring_is_dropped_not_truncated() {
+    let m = mem();
+    let (mut n, peer, rxq, _txq) = setup_with(&m, OFFERED, Offloads::default());
+    // The ring (16 entries) full of 16-byte buffers: 256 bytes in all.
+    for i in 0..16u16 {
+        let d = desc(RX_BUFS + u64::from(i) * 0x100, 16, F_WRITE, 0);
+        rxq.add_desc_chains(&[d], i).unwrap();
+    }
+    peer.send(&frame(300)).unwrap();
+    let small = frame(20);
+    peer.send(&small).unwrap();
+    n.process_event(TOKEN_TAP, EventSet::IN, &mut RecordingRegistry::default());
+    // The big frame left no trace; the small one took the first two buffers.
+    assert_eq!(used(&rxq), vec![(0, 16), (1, 4)]);
+    assert_eq!(read_guest(&m, RX_BUFS + 10, 2), [2, 0]);
+    assert_eq!(read_guest(&m, RX_BUFS + 0x100, 4), &small[16..20]);
+}
+
+#[test]
+fn mergeable_rx_with_a_bad_chain_drops_the_frame() {
+    let m = mem();
+    let (mut n, peer, rxq, _txq) = setup_with(&m, OFFERED, Offloads::default());
+    rxq.add_desc_chains(&[desc(RX_BUFS, 64, F_WRITE, 0)], 0)
+        .unwrap();
+    // Read-only: the device may not write it.
+    rxq.add_desc_chains(&[desc(RX_BUFS + 0x100, 64, 0, 0)], 1)
+        .unwrap();
+    rxq.add_desc_chains(&[desc(RX_BUFS + 0x200, 64, F_WRITE, 0)], 2)
+        .unwrap();
+    peer.send(&frame(150)).unwrap();
+    n.process_event(TOKEN_TAP, EventSet::IN, &mut RecordingRegistry::default());
+    // Both chains it consumed come back empty; the third is still the guest's.
+    assert_eq!(used(&rxq), vec![(0, 0), (1, 0)]);
+    // The next frame goes on from there.
+    peer.send(&frame(40)).unwrap();
+    n.process_event(TOKEN_TAP, EventSet::IN, &mut RecordingRegistry::default());
+    assert_eq!(used(&rxq), vec![(0, 0), (1, 0), (2, 40)]);
+}
+
+#[test]
+fn rx_frame_longer_than_the_limit_is_dropped() {
+    let m = mem();
+    let (mut n, peer, rxq, _txq) = setup_with(&m, OFFERED, Offloads::default());
+    for i in 0..16u16 {
+        let d = desc(RX_BUFS + u64::from(i) * 0x1_0000, 0x1_0000, F_WRITE, 0);
+        rxq.add_desc_chains(&[d], i).unwrap();
+    }
+    peer.send(&frame(MAX_FRAME + 100)).unwrap();
+    peer.send(&frame(MAX_FRAME)).unwrap();
+    n.process_event(TOKEN_TAP, EventSet::IN, &mut RecordingRegistry::default());
+    // Only the frame of the largest allowed size arrives, in two 64 KiB buffers.
+    assert_eq!(
+        used(&rxq),
+        vec![(0, 0x1_0000), (1, (MAX_FRAME - 0x1_0000) as u32)]
+    );
+}
+
+/// Puts `f` on the TX queue as one chain at `slot` and sends it.
+fn transmit(
+    n: &mut Net,
+    m: &GuestMemory,
+    txq: &MockSplitQueue<'_, GuestMemory>,
+    f: &[u8],
+    slot: u16,
+) {
+    let addr = TX_BUFS + u64::from(slot) * 0x1000;
+    m.write_slice(f, GuestAddress(addr)).unwrap();
+    txq.add_desc_chains(&[desc(addr, f.len() as u32, 0, 0)], slot)
+        .unwrap();
+    n.queue_notify(TXQ, &mut RecordingRegistry::default());
+}
+
+fn tso_header(f: &mut [u8], gso_type: u8, gso_size: u16, hdr_len: u16) {
+    f[0] = F_NEEDS_CSUM;
+    f[1] = gso_type;
+    f[2..4].copy_from_slice(&hdr_len.to_le_bytes());
+    f[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    f[6..8].copy_from_slice(&34u16.to_le_bytes());
+    f[8..10].copy_from_slice(&16u16.to_le_bytes());
+}
+
+#[test]
+fn tx_offloaded_frames_pass_and_hostile_headers_are_dropped() {
+    let m = mem();
+    let (mut n, peer, _rxq, txq) = setup_with(&m, OFFERED, Offloads::default());
+    let mut got = vec![0u8; 4096];
+    let mut good = frame(2000);
+    tso_header(&mut good, GSO_TCPV4, 1448, 66);
+    transmit(&mut n, &m, &txq, &good, 0);
+    assert_eq!(peer.recv(&mut got).unwrap(), 2000);
+    assert_eq!(&got[..2000], &good[..]);
+    let hostile: [(u8, u16, u16); 4] = [
+        (GSO_TCPV4, 0, 66),      // gso_size 0
+        (GSO_TCPV4, 1448, 9000), // hdr_len past the frame
+        (0x42, 1448, 66),        // no such GSO type
+        (3, 1448, 66),           // UFO, not offered
+    ];
+    for (i, (t, size, hdr_len)) in hostile.into_iter().enumerate() {
+        let mut f = frame(2000);
+        tso_header(&mut f, t, size, hdr_len);
+        transmit(&mut n, &m, &txq, &f, i as u16 + 1);
+    }
+    assert!(peer.recv(&mut got).is_err());
+    // Every chain was returned.
+    assert_eq!(used(&txq).len(), 5);
+}
+
+#[test]
+fn tx_offloads_need_the_features() {
+    let m = mem();
+    let (mut n, peer, _rxq, txq) = setup_with(&m, VIRTIO_NET_F_MAC, Offloads::default());
+    let mut f = frame(2000);
+    tso_header(&mut f, GSO_TCPV4, 1448, 66);
+    transmit(&mut n, &m, &txq, &f, 0);
+    let mut got = [0u8; 16];
+    assert!(peer.recv(&mut got).is_err());
+    assert_eq!(used(&txq), vec![(0, 0)]);
 }

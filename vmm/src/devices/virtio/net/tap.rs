@@ -1,4 +1,5 @@
-//! Opening a tap device (`/dev/net/tun`, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), nonblocking.
+//! Opening a tap device (`/dev/net/tun`, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), nonblocking,
+//! and switching its offloads (TUNSETOFFLOAD) once the driver has chosen its features.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -8,6 +9,8 @@ use super::{NetError, HDR_LEN};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// `_IOW('T', 208, unsigned int)`; the event loop's seccomp filter allows it.
+pub const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -50,6 +53,27 @@ pub fn open(name: &str) -> Result<File, NetError> {
         return Err(err(std::io::Error::last_os_error()));
     }
     Ok(f)
+}
+
+/// What the device needs of its tap besides reads and writes: a seam, so device tests (over
+/// a socket pair) see which offloads were set.
+pub trait SetOffload: Send {
+    /// Sets the tap's offloads (`TUN_F_*`): what the tap may hand to the device.
+    fn set_offload(&mut self, tap: &File, flags: u32) -> std::io::Result<()>;
+}
+
+/// The real one: TUNSETOFFLOAD on the tap.
+#[derive(Debug, Default)]
+pub struct TunSetOffload;
+
+impl SetOffload for TunSetOffload {
+    fn set_offload(&mut self, tap: &File, flags: u32) -> std::io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes an unsigned int by value; `tap` is an open fd.
+        if unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags)) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
