@@ -279,7 +279,7 @@ impl HuskVmm {
             &dir.join("virtiofsd.log"),
         )?;
         record_pid(&dir.join(VIRTIOFSD_PID_FILE), &virtiofsd);
-        let helper = Helper::new(virtiofsd);
+        let helper = Helper::new(virtiofsd, dir.join("virtiofsd.log"));
         // virtiofsd must listen before the vmm connects to it.
         let deadline = Instant::now() + Duration::from_secs(self.cfg.boot_timeout_secs);
         while !fs_sock.exists() {
@@ -378,36 +378,48 @@ fn log_tail(path: &Path) -> String {
 
 /// A helper process (virtiofsd) that lives as long as the VM, reaped by its own task.
 struct Helper {
-    exit: watch::Receiver<bool>,
+    /// None while it runs; then how it ended.
+    exit: watch::Receiver<Option<String>>,
     kill: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    log: PathBuf,
 }
 
 impl Helper {
-    fn new(mut child: Child) -> Arc<Helper> {
-        let (tx, rx) = watch::channel(false);
+    fn new(mut child: Child, log: PathBuf) -> Arc<Helper> {
+        let (tx, rx) = watch::channel(None);
         let (ktx, krx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = child.wait() => {}
+            let status = tokio::select! {
+                s = child.wait() => s,
                 // Asked to stop, or the Helper is gone.
                 _ = krx => {
                     let _ = child.start_kill();
-                    let _ = child.wait().await;
+                    child.wait().await
                 }
-            }
-            let _ = tx.send(true);
+            };
+            let how = match status {
+                Ok(s) => describe(s),
+                Err(e) => format!("could not be waited for: {e}"),
+            };
+            let _ = tx.send(Some(how));
         });
         Arc::new(Helper {
             exit: rx,
             kill: std::sync::Mutex::new(Some(ktx)),
+            log,
         })
     }
     async fn has_exited(&self) -> bool {
-        *self.exit.borrow()
+        self.exit.borrow().is_some()
     }
     async fn exited(&self) {
         let mut rx = self.exit.clone();
-        let _ = rx.wait_for(|e| *e).await;
+        let _ = rx.wait_for(Option::is_some).await;
+    }
+    /// How it ended and the last line of its log, once it has ended.
+    fn end_report(&self) -> String {
+        let how = self.exit.borrow().clone().unwrap_or_else(|| "ended".into());
+        format!("{how}; its log ends: {}", log_tail(&self.log))
     }
     async fn stop(&self) {
         let k = self.kill.lock().ok().and_then(|mut k| k.take());
@@ -436,25 +448,34 @@ impl ChildVm {
         let pid = child.id().unwrap_or(0);
         let (tx, rx) = watch::channel(None);
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Why a helper ended the VM, for the VM's own exit description.
+        let cause = Arc::new(std::sync::Mutex::new(None::<String>));
         // Without its virtiofsd the VM is useless: a helper's end ends the VM.
         for h in &helpers {
-            let (h, rx, stopping) = (h.clone(), rx.clone(), stopping.clone());
+            let (h, rx, stopping, cause) = (h.clone(), rx.clone(), stopping.clone(), cause.clone());
             tokio::spawn(async move {
                 h.exited().await;
                 let expected = stopping.load(std::sync::atomic::Ordering::SeqCst);
                 if !expected && rx.borrow().is_none() {
                     if let Ok(pid) = i32::try_from(pid) {
-                        log::warn!("virtiofsd ended: stopping the vm");
+                        let report = format!("virtiofsd {}", h.end_report());
+                        log::warn!("{report}: stopping the vm");
+                        if let Ok(mut c) = cause.lock() {
+                            *c = Some(report);
+                        }
                         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                     }
                 }
             });
         }
         tokio::spawn(async move {
-            let (description, code) = match child.wait().await {
+            let (mut description, code) = match child.wait().await {
                 Ok(s) => (describe(s), s.code()),
                 Err(e) => (format!("could not be waited for: {e}"), None),
             };
+            if let Some(c) = cause.lock().ok().and_then(|c| c.clone()) {
+                description = format!("{description} after {c}");
+            }
             // The tap is free once the vmm is gone: teardown before the end is published.
             if let Some(n) = net {
                 detach_network(n).await;
