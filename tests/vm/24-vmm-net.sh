@@ -16,9 +16,9 @@ ip link set "$tap" up
 run_vmm "$tmp/net.log" --kernel "$guest/vmlinux" --initrd "$tmp/probe.cpio" \
   --net "tap=$tap,mac=06:00:ac:1e:00:02" \
   --cmdline "console=ttyS0 reboot=k panic=-1 probe=net"
-wait_for_line "$tmp/net.log" 'probe: net ' 120 || { kill "$VMM_PID"; show "$tmp/net.log"; fail "guest never configured eth0"; }
+wait_for_line "$tmp/net.log" 'probe: net ' 120 || { kill "$VMM_PID" 2>/dev/null || true; show "$tmp/net.log"; fail "guest never configured eth0"; }
 grep 'probe: net' "$tmp/net.log"
-grep -q 'probe: net up' "$tmp/net.log" || { kill "$VMM_PID"; show "$tmp/net.log"; fail "guest eth0 set-up failed"; }
+grep -q 'probe: net up' "$tmp/net.log" || { kill "$VMM_PID" 2>/dev/null || true; show "$tmp/net.log"; fail "guest eth0 set-up failed"; }
 # ICMP echo from python (raw socket, root): the nested host has no ping(8).
 if ! python3 - <<'PY'
 import os, socket, struct, sys, time
