@@ -40,7 +40,9 @@ pub const VMM_PID_FILE: &str = "vmm.pid";
 pub const VIRTIOFSD_PID_FILE: &str = "virtiofsd.pid";
 /// husk-vmm's exit status when a vCPU triple-faulted.
 pub const VMM_EXIT_TRIPLE_FAULT: i32 = 3;
-/// Boots a pod gets when its guest triple-faults before the agent answers. In the nested
+/// Boots a pod gets when its guest triple-faults, or its virtiofsd ends (seen in the nested
+/// test host: virtiofsd logs "Client disconnected" a few seconds into boot, cause not
+/// found), before the agent answers. In the nested
 /// test host (QEMU TCG with emulated SVM) about one guest boot in tens dies this way at a
 /// random point of kernel boot (issue 3: the cause is not found; on AMD, KVM resets the
 /// vCPU after the shutdown, so the vmm cannot show where it was). Nothing of the pod ran
@@ -215,9 +217,9 @@ impl VmLauncher for HuskVmm {
                     let triple_fault = vm
                         .has_exited()
                         .is_some_and(|x| x.code == Some(VMM_EXIT_TRIPLE_FAULT));
-                    if triple_fault && attempt < BOOT_ATTEMPTS {
+                    if (triple_fault || vm.ended_by_helper()) && attempt < BOOT_ATTEMPTS {
                         log::warn!(
-                            "pod {}: the guest triple-faulted while booting ({e}); booting it again",
+                            "pod {}: the VM ended while booting ({e}); booting it again",
                             req.pod_id
                         );
                         attempt += 1;
@@ -434,6 +436,8 @@ impl Helper {
 pub struct ChildVm {
     pid: u32,
     exit: watch::Receiver<Option<VmExit>>,
+    /// Set when a helper's end ended the VM: what ended and how.
+    cause: Arc<std::sync::Mutex<Option<String>>>,
     helpers: Vec<Arc<Helper>>,
     /// Set once `stop` began: a helper ending then is expected, not a failure.
     stopping: Arc<std::sync::atomic::AtomicBool>,
@@ -468,7 +472,9 @@ impl ChildVm {
                 }
             });
         }
+        let vm_cause = cause.clone();
         tokio::spawn(async move {
+            let cause = vm_cause;
             let (mut description, code) = match child.wait().await {
                 Ok(s) => (describe(s), s.code()),
                 Err(e) => (format!("could not be waited for: {e}"), None),
@@ -485,6 +491,7 @@ impl ChildVm {
         Arc::new(ChildVm {
             pid,
             exit: rx,
+            cause,
             helpers,
             stopping,
         })
@@ -492,6 +499,11 @@ impl ChildVm {
 
     fn has_exited(&self) -> Option<VmExit> {
         self.exit.borrow().clone()
+    }
+
+    /// Whether a helper (virtiofsd) ending is what ended the VM.
+    fn ended_by_helper(&self) -> bool {
+        self.cause.lock().map(|c| c.is_some()).unwrap_or(false)
     }
 }
 

@@ -178,6 +178,25 @@ async fn a_second_triple_fault_fails_the_launch() {
 }
 
 #[tokio::test]
+async fn a_virtiofsd_that_ends_during_boot_is_started_again_once() {
+    // virtiofsd ends right after listening on its first run; the vmm answers late, so
+    // the first boot is still waiting when it goes.
+    let fsd = "#!/bin/sh\nfor a; do case $a in --socket-path=*) s=\"${a#--socket-path=}\"; : > \"$s\";; esac; done\n\
+               f=\"$(dirname \"$s\")/fsd-runs\"; echo x >> \"$f\"\n\
+               [ \"$(wc -l < \"$f\")\" -le 1 ] && exit 0\nexec sleep 1000\n";
+    let slow_vmm = format!(
+        "#!/bin/sh\nsleep 1\nexec python3 - \"$@\" <<'EOF'\n{}\nEOF\n",
+        FAKE_VMM.trim_start_matches("#!/usr/bin/env python3\n")
+    );
+    let (_d, vmm, req) = setup(&slow_vmm, fsd);
+    let vm = vmm.launch(&req).await.unwrap();
+    vm.agent.health_check().await.unwrap();
+    let runs = std::fs::read_to_string(req.pod_dir.join("fsd-runs")).unwrap();
+    assert_eq!(runs.lines().count(), 2);
+    vm.process.stop().await;
+}
+
+#[tokio::test]
 async fn other_boot_failures_are_not_retried() {
     let (_d, vmm, req) = setup(
         "#!/bin/sh\necho x >> \"$(dirname \"$3\")/runs\"\nexit 1\n",
