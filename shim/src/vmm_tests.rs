@@ -148,12 +148,26 @@ async fn vmm_that_dies_is_reported_with_its_log() {
 /// A vmm stand-in that triple-faults (exit 3) on its first `n` runs, then serves the
 /// handshake; the runs are counted in a file beside its config.
 fn flaky_vmm(n: u32) -> String {
+    fake_vmm_after(&format!(
+        "f=\"$(dirname \"$3\")/runs\"\necho x >> \"$f\"\n\
+         [ \"$(wc -l < \"$f\")\" -le {n} ] && {{ echo 'husk-vmm: triple fault on vCPU 0' >&2; exit 3; }}\n"
+    ))
+}
+
+/// A shell script that runs `prelude`, then becomes [`FAKE_VMM`].
+fn fake_vmm_after(prelude: &str) -> String {
     format!(
-        "#!/bin/sh\nf=\"$(dirname \"$3\")/runs\"\necho x >> \"$f\"\n\
-         [ \"$(wc -l < \"$f\")\" -le {n} ] && {{ echo 'husk-vmm: triple fault on vCPU 0' >&2; exit 3; }}\n\
-         exec python3 - \"$@\" <<'EOF'\n{}\nEOF\n",
+        "#!/bin/sh\n{prelude}exec python3 - \"$@\" <<'EOF'\n{}\nEOF\n",
         FAKE_VMM.trim_start_matches("#!/usr/bin/env python3\n")
     )
+}
+
+/// How many lines the run-counting stand-ins wrote to `name` in the pod directory.
+fn runs(req: &VmRequest, name: &str) -> usize {
+    std::fs::read_to_string(req.pod_dir.join(name))
+        .unwrap()
+        .lines()
+        .count()
 }
 
 #[tokio::test]
@@ -161,8 +175,7 @@ async fn a_guest_that_triple_faults_at_boot_is_booted_again_once() {
     let (_d, vmm, req) = setup(&flaky_vmm(1), FAKE_VIRTIOFSD);
     let vm = vmm.launch(&req).await.unwrap();
     vm.agent.health_check().await.unwrap();
-    let runs = std::fs::read_to_string(req.pod_dir.join("runs")).unwrap();
-    assert_eq!(runs.lines().count(), 2);
+    assert_eq!(runs(&req, "runs"), 2);
     vm.process.stop().await;
 }
 
@@ -172,8 +185,7 @@ async fn a_second_triple_fault_fails_the_launch() {
     let e = vmm.launch(&req).await.unwrap_err().to_string();
     assert!(e.contains("husk-vmm exited with status 3"), "{e}");
     assert!(e.contains("triple fault"), "{e}");
-    let runs = std::fs::read_to_string(req.pod_dir.join("runs")).unwrap();
-    assert_eq!(runs.lines().count(), BOOT_ATTEMPTS as usize);
+    assert_eq!(runs(&req, "runs"), BOOT_ATTEMPTS as usize);
     assert!(gone(recorded_pid(&req.pod_dir, VIRTIOFSD_PID_FILE)));
 }
 
@@ -184,15 +196,11 @@ async fn a_virtiofsd_that_ends_during_boot_is_started_again_once() {
     let fsd = "#!/bin/sh\nfor a; do case $a in --socket-path=*) s=\"${a#--socket-path=}\"; : > \"$s\";; esac; done\n\
                f=\"$(dirname \"$s\")/fsd-runs\"; echo x >> \"$f\"\n\
                [ \"$(wc -l < \"$f\")\" -le 1 ] && exit 0\nexec sleep 1000\n";
-    let slow_vmm = format!(
-        "#!/bin/sh\nsleep 1\nexec python3 - \"$@\" <<'EOF'\n{}\nEOF\n",
-        FAKE_VMM.trim_start_matches("#!/usr/bin/env python3\n")
-    );
+    let slow_vmm = fake_vmm_after("sleep 1\n");
     let (_d, vmm, req) = setup(&slow_vmm, fsd);
     let vm = vmm.launch(&req).await.unwrap();
     vm.agent.health_check().await.unwrap();
-    let runs = std::fs::read_to_string(req.pod_dir.join("fsd-runs")).unwrap();
-    assert_eq!(runs.lines().count(), 2);
+    assert_eq!(runs(&req, "fsd-runs"), 2);
     vm.process.stop().await;
 }
 
@@ -203,8 +211,7 @@ async fn other_boot_failures_are_not_retried() {
         FAKE_VIRTIOFSD,
     );
     assert!(vmm.launch(&req).await.is_err());
-    let runs = std::fs::read_to_string(req.pod_dir.join("runs")).unwrap();
-    assert_eq!(runs.lines().count(), 1);
+    assert_eq!(runs(&req, "runs"), 1);
 }
 
 #[tokio::test]
