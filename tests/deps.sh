@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing husk needs on a fresh Debian 12 machine. Idempotent.
 set -euo pipefail
-pkgs=(qemu-system-x86 busybox-static kmod cpio python3 hyperfine runc crun containerd file
+pkgs=(busybox-static kmod cpio python3 hyperfine runc crun containerd file
       linux-source-6.12 bc flex bison libelf-dev libssl-dev make gcc xz-utils
       libcap-ng-dev libseccomp-dev pkg-config protobuf-compiler containernetworking-plugins)
 need=()
@@ -21,4 +21,5 @@ if ! command -v virtiofsd >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/
   echo "deps: cargo install virtiofsd (a few minutes, once per machine)"
   cargo install -q --locked virtiofsd
 fi
+"$(dirname "$0")/nested/qemu.sh"
 echo "deps: ok"

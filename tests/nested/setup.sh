@@ -11,7 +11,6 @@ apt_ready() {
   [ -n "$(find /var/lib/apt/lists -name '*_Packages*' -newermt '-1 day' 2>/dev/null | head -1)" ] || apt-get update -q >/dev/null
 }
 need=()
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v depmod >/dev/null || need+=(kmod)
 command -v cpio >/dev/null || need+=(cpio)
@@ -21,6 +20,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+"$here/qemu.sh"
 mkdir -p "$CACHE/nested"
 # The kernel: Debian's generic amd64 flavour (9p, overlay, kvm_amd as modules), pinned to
 # what linux-image-amd64 names. Cached by version, so a machine keeps the one it has.
