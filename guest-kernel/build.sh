@@ -53,8 +53,9 @@ else
     got=$(grep -E "^$opt=" "$build/.config" | cut -d= -f2- || true)
     if [ "$got" != "$want" ]; then echo "guest-kernel: $opt wanted $want, got '${got:-unset}'" >&2; missing=1; fi
   done < <(grep -E '^CONFIG_' "$here/husk.config")
-  for off in CONFIG_MODULES CONFIG_ACPI CONFIG_PCI; do
-    if grep -qE "^$off=y" "$build/.config"; then echo "guest-kernel: $off must stay off" >&2; missing=1; fi
+  # and every option it turns off must be off
+  for off in $(sed -nE 's/^# (CONFIG_[A-Z0-9_]+) is not set$/\1/p' "$here/husk.config"); do
+    if grep -qE "^$off=" "$build/.config"; then echo "guest-kernel: $off must stay off" >&2; missing=1; fi
   done
   [ $missing = 0 ] || { echo "guest-kernel: fragment does not apply cleanly" >&2; exit 1; }
   jobs=$(nproc)

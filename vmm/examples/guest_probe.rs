@@ -320,6 +320,32 @@ fn main() {
                     Err(e) => say(&format!("fs FAILED write: {e}")),
                 }
             }
+            "uptime" => {
+                let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+                say(&format!(
+                    "uptime {}",
+                    up.split_whitespace().next().unwrap_or("?")
+                ));
+            }
+            "dmesg" => {
+                // The kernel log as recorded during a quiet boot (loglevel=1 keeps it off
+                // the slow serial console): initcalls slower than 1 ms, every other line.
+                let mut buf = vec![0u8; 1 << 20];
+                // SAFETY: SYSLOG_ACTION_READ_ALL (3) writes at most buf.len() bytes to buf.
+                let n = unsafe { libc::klogctl(3, buf.as_mut_ptr().cast(), buf.len() as i32) };
+                let text = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
+                for l in text.lines() {
+                    let slow = l
+                        .split(" after ")
+                        .nth(1)
+                        .and_then(|t| t.split_whitespace().next())
+                        .and_then(|t| t.parse::<u64>().ok())
+                        .is_some_and(|us| us >= 1000);
+                    if !l.contains("initcall") || slow {
+                        say(&format!("dmesg {l}"));
+                    }
+                }
+            }
             "memtouch" => {
                 // Touches 64 MiB and frees it: with free page reporting the host gets it
                 // back (tests/vm/25-vmm-balloon.sh watches the vmm's RSS).
