@@ -77,9 +77,7 @@ pub struct Config {
     pub kernel_params: String,
     /// The guest reports the memory it frees (virtio-balloon free page reporting) and the
     /// vmm gives it back to the host, so a pod's footprint shrinks after boot and after
-    /// its workload frees memory. Off by default for now: with it on, CI runs saw pods'
-    /// virtiofsd log "Client disconnected" a few seconds into boot far more often than
-    /// without (cause not found, see issue 5's notes).
+    /// its workload frees memory.
     pub free_page_reporting: bool,
     /// The shim's log level (containerd's `-debug` still raises it to debug).
     pub log_level: LogLevel,
@@ -103,7 +101,7 @@ impl Default for Config {
             default_memory_mib: 256,
             memory_overhead_mib: 64,
             kernel_params: String::new(),
-            free_page_reporting: false,
+            free_page_reporting: true,
             log_level: LogLevel::Info,
             debug_console: false,
             boot_timeout_secs: 30,

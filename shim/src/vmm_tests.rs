@@ -90,21 +90,21 @@ fn vm_config_is_husk_vmms_format() {
         .ends_with("/pod/vsock.sock"));
     assert_eq!(c["fs"][0]["tag"], SHARED_FS_TAG);
     assert!(c["cmdline"].as_str().unwrap().starts_with(BASE_CMDLINE));
-    // Free page reporting is off by default.
-    assert_eq!(c["free_page_reporting"], false);
-    assert!(!c["cmdline"].as_str().unwrap().contains("page_reporting"));
-}
-
-#[test]
-fn free_page_reporting_can_be_turned_on() {
-    let (_d, mut vmm, req) = setup("", "");
-    vmm.cfg.free_page_reporting = true;
-    let c = vmm.vm_config(&req);
+    // Free page reporting is on by default: the device, and the guest's block size.
     assert_eq!(c["free_page_reporting"], true);
     assert!(c["cmdline"]
         .as_str()
         .unwrap()
         .contains(PAGE_REPORTING_PARAM));
+}
+
+#[test]
+fn free_page_reporting_can_be_turned_off() {
+    let (_d, mut vmm, req) = setup("", "");
+    vmm.cfg.free_page_reporting = false;
+    let c = vmm.vm_config(&req);
+    assert_eq!(c["free_page_reporting"], false);
+    assert!(!c["cmdline"].as_str().unwrap().contains("page_reporting"));
 }
 
 #[tokio::test]
