@@ -19,7 +19,7 @@ use crate::exit::{ExitNotifier, ExitReason};
 pub const CONSOLE_BUFFER_BYTES: usize = 64 * 1024;
 const LINE_MAX: usize = 256;
 /// How long the output thread lets a started line grow before writing it anyway.
-pub const PARTIAL_LINE_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+const PARTIAL_LINE_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[derive(Default)]
 struct State {
@@ -57,11 +57,16 @@ impl ConsoleBuffer {
             self.dropped
                 .fetch_add((bytes.len() - take) as u64, Ordering::Relaxed);
         }
-        let wake = was_empty || bytes.contains(&b'\n') || s.buf.len() >= self.cap / 2;
+        let wake = was_empty || bytes.contains(&b'\n') || self.half_full(&s);
         drop(s);
         if wake {
             self.ready.notify_one();
         }
+    }
+
+    /// Whether enough is queued to write it without waiting for the line's end.
+    fn half_full(&self, s: &State) -> bool {
+        s.buf.len() >= self.cap / 2
     }
 
     /// Bytes dropped because the buffer was full.
@@ -98,7 +103,7 @@ impl ConsoleBuffer {
                 s = self.ready.wait(s).ok()?;
                 continue;
             }
-            if !s.closed && !s.buf.contains(&b'\n') && s.buf.len() < self.cap / 2 {
+            if !s.closed && !s.buf.contains(&b'\n') && !self.half_full(&s) {
                 // Woken by a line's first byte: one wait for its end, not a loop (a line
                 // that never ends is written after one wait).
                 s = self.ready.wait_timeout(s, PARTIAL_LINE_WAIT).ok()?.0;
