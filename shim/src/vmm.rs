@@ -40,12 +40,10 @@ pub const VMM_PID_FILE: &str = "vmm.pid";
 pub const VIRTIOFSD_PID_FILE: &str = "virtiofsd.pid";
 /// husk-vmm's exit status when a vCPU triple-faulted.
 pub const VMM_EXIT_TRIPLE_FAULT: i32 = 3;
-/// Boots a pod gets when its guest triple-faults, or its virtiofsd ends (seen in the nested
-/// test host: virtiofsd logs "Client disconnected" a few seconds into boot, cause not
-/// found), before the agent answers. In the nested
-/// test host (QEMU TCG with emulated SVM) about one guest boot in tens dies this way at a
-/// random point of kernel boot (issue 3: the cause is not found; on AMD, KVM resets the
-/// vCPU after the shutdown, so the vmm cannot show where it was). Nothing of the pod ran
+/// Boots a pod gets when its guest triple-faults, or its virtiofsd ends, before the agent
+/// answers. Both were seen in the nested test host while it had two vCPUs (a TCG bug with
+/// emulated SVM; see ARCHITECTURE.md), not since it has one; on AMD, KVM resets the vCPU
+/// after the shutdown, so the vmm cannot show where a guest was. Nothing of the pod ran
 /// yet, so a second boot is safe and the warning keeps the event visible.
 pub const BOOT_ATTEMPTS: u32 = 2;
 /// How long a stopped vmm gets between SIGTERM and SIGKILL.
@@ -474,12 +472,11 @@ impl ChildVm {
         }
         let vm_cause = cause.clone();
         tokio::spawn(async move {
-            let cause = vm_cause;
             let (mut description, code) = match child.wait().await {
                 Ok(s) => (describe(s), s.code()),
                 Err(e) => (format!("could not be waited for: {e}"), None),
             };
-            if let Some(c) = cause.lock().ok().and_then(|c| c.clone()) {
+            if let Some(c) = vm_cause.lock().ok().and_then(|c| c.clone()) {
                 description = format!("{description} after {c}");
             }
             // The tap is free once the vmm is gone: teardown before the end is published.
