@@ -8,7 +8,7 @@
 #   BENCH vmm_blk_{read,write}_mib_s / qemu_blk_{read,write}_mib_s / vmm_blk_{read,write}_
 #     ratio_vs_qemu: the guest reads a 256 MiB raw image whole and writes 64 MiB, O_DIRECT
 #     1 MiB requests, timed in the guest; the same image under both (host page cache warm)
-# Uses $HUSK_VMM (make bench: the static size-optimized `make vmm-release` build), else target/release/husk-vmm. Rounds: $ROUNDS (3).
+# Guest RAM: a huge=advise tmpfs, as the shim sets up for a pod. Uses $HUSK_VMM (make bench: the static size-optimized `make vmm-release` build), else target/release/husk-vmm. Rounds: $ROUNDS (3).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -19,6 +19,17 @@ export HUSK_VMM
 ROUNDS=${ROUNDS:-3}
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
+# Guest RAM as the shim gives it to a pod: an unlinked file on a tmpfs mounted huge=advise
+# (shim/src/ram.rs), so the guest gets transparent huge pages as QEMU's anonymous RAM does.
+ram=$tmp/ram
+mkdir -p "$ram"
+if mount -t tmpfs -o huge=advise,size=0,mode=0700 husk-guest-ram "$ram"; then
+  trap 'umount -l "$ram" 2>/dev/null; rm -rf "$tmp"' EXIT
+  mem_dir=(--mem-dir "$ram")
+else
+  echo "vmm bench: no huge=advise tmpfs; guest RAM in a memfd" >&2
+  mem_dir=()
+fi
 q=() h=() rss=()
 for r in $(seq "$ROUNDS"); do
   t0=$(date +%s%N)
@@ -27,7 +38,7 @@ for r in $(seq "$ROUNDS"); do
   q+=("$(ms "$t0")")
   kill "$QEMU_PID"; wait "$QEMU_PID" 2>/dev/null || true
   t0=$(date +%s%N)
-  run_vmm "$tmp/h$r.log" --kernel "$guest/bzImage" --initrd "$guest/rootfs.cpio" --vcpus 1 --mem 256
+  run_vmm "$tmp/h$r.log" --kernel "$guest/bzImage" --initrd "$guest/rootfs.cpio" --vcpus 1 --mem 256 "${mem_dir[@]}"
   wait_for_line "$tmp/h$r.log" "$AGENT_FIRST_LINE" 300 || { show "$tmp/h$r.log"; fail "husk-vmm: no agent line"; }
   h+=("$(ms "$t0")")
   r_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$VMM_PID/status")
@@ -57,7 +68,7 @@ dd if=/dev/zero of="$img" bs=1M count=256 status=none
 cat "$img" > /dev/null
 hr=() hw=() qr=() qw=() hv=() qv=()
 for r in $(seq "$ROUNDS"); do
-  run_vmm "$tmp/hb$r.log" --kernel "$guest/bzImage" --initrd "$probe" --vcpus 1 --mem 256 \
+  run_vmm "$tmp/hb$r.log" --kernel "$guest/bzImage" --initrd "$probe" --vcpus 1 --mem 256 "${mem_dir[@]}" \
     --drive "path=$img" --cmdline "console=ttyS0 reboot=k panic=-1 probe=blkbench,reboot"
   wait_vmm 300 || { show "$tmp/hb$r.log"; fail "husk-vmm blkbench run"; }
   l=$(probe_line "$tmp/hb$r.log" blkbench)
@@ -71,7 +82,7 @@ for r in $(seq "$ROUNDS"); do
   qr+=("$(echo "$l" | field read_mib_s)"); qw+=("$(echo "$l" | field write_mib_s)")
 
   sock=$tmp/v$r.sock
-  run_vmm "$tmp/hv$r.log" --kernel "$guest/bzImage" --initrd "$probe" --vcpus 1 --mem 256 \
+  run_vmm "$tmp/hv$r.log" --kernel "$guest/bzImage" --initrd "$probe" --vcpus 1 --mem 256 "${mem_dir[@]}" \
     --vsock "cid=3,socket=$sock" --cmdline "console=ttyS0 reboot=k panic=-1 probe=vsock,reboot"
   wait_for_line "$tmp/hv$r.log" 'probe: vsock listening' 300 || { show "$tmp/hv$r.log"; fail "husk-vmm vsock"; }
   hv+=("$(python3 "$here/vsock_echo.py" unix "$sock" 64)") || fail "husk-vmm vsock echo"

@@ -207,7 +207,7 @@ impl TryFrom<&VmConfig> for Vmm {
             .as_deref()
             .ok_or(crate::config::ConfigError::NoKernel)?;
 
-        let mem = crate::memory::create(cfg.mem_mib << 20)?;
+        let mem = crate::memory::create(cfg.mem_mib << 20, cfg.mem_dir.as_deref())?;
         let vm = Vm::new(mem)?;
         let kernel = boot::load_kernel(vm.memory(), kernel_path)?;
         let initrd = match &cfg.initrd {
@@ -327,6 +327,7 @@ impl Vmm {
         let loop_exit = self.shared.exit.clone();
         let event_loop = std::thread::Builder::new()
             .name("events".into())
+            .stack_size(crate::THREAD_STACK_SIZE)
             .spawn(move || {
                 if seccomp {
                     if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::EventLoop) {

@@ -136,6 +136,10 @@ pub struct VmConfig {
     /// vmm then gives back to the host.
     #[serde(default)]
     pub free_page_reporting: bool,
+    /// Directory for the guest RAM file (a tmpfs mounted `huge=advise`, or hugetlbfs);
+    /// without it guest RAM is a memfd. See `memory`.
+    #[serde(default)]
+    pub mem_dir: Option<PathBuf>,
     /// Run even on a PVM or emulation-only /dev/kvm.
     #[serde(default)]
     pub force: bool,
@@ -162,6 +166,7 @@ impl Default for VmConfig {
             net: Vec::new(),
             fs: Vec::new(),
             free_page_reporting: false,
+            mem_dir: None,
             force: false,
             seccomp: true,
         }

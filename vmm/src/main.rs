@@ -61,6 +61,10 @@ struct RunArgs {
     /// goes back to the host.
     #[arg(long)]
     free_page_reporting: bool,
+    /// Put guest RAM in an unlinked file in this directory (a tmpfs mounted huge=advise
+    /// gives the guest transparent huge pages) instead of a memfd.
+    #[arg(long)]
+    mem_dir: Option<PathBuf>,
     /// Run even on a PVM or emulation-only /dev/kvm.
     #[arg(long)]
     force: bool,
@@ -106,6 +110,9 @@ fn config(a: Box<RunArgs>) -> Result<VmConfig> {
     }
     c.force |= a.force;
     c.free_page_reporting |= a.free_page_reporting;
+    if a.mem_dir.is_some() {
+        c.mem_dir = a.mem_dir;
+    }
     if a.no_seccomp {
         c.seccomp = false;
     }

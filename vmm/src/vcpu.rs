@@ -247,6 +247,7 @@ impl Vcpu {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
+            .stack_size(crate::THREAD_STACK_SIZE)
             .spawn(move || self.run(shared))
             .map_err(|err| VcpuError::Spawn { id, err })
     }

@@ -30,7 +30,7 @@ fn kvm_available() -> bool {
 
 /// Runs `code` in real mode at 0x1000 and returns the exit reason and console output.
 fn run_real_mode(code: &[u8], idt_limit: Option<u16>) -> (ExitReason, Vec<u8>) {
-    let mem = husk_vmm::memory::create(16 << 20).unwrap();
+    let mem = husk_vmm::memory::create(16 << 20, None).unwrap();
     mem.write_slice(code, GuestAddress(0x1000)).unwrap();
     let vm = Vm::new(mem).unwrap();
     let (tx, rx) = mpsc::channel();

@@ -121,6 +121,7 @@ pub fn spawn_output(
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("console".into())
+        .stack_size(crate::THREAD_STACK_SIZE)
         .spawn(move || {
             if seccomp {
                 if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Console) {

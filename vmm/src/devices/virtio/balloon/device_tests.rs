@@ -30,7 +30,7 @@ fn setup(m: &GuestMemory) -> (Balloon, [MockSplitQueue<'_, GuestMemory>; 3]) {
 
 /// Guest memory backed by a memfd, as the vmm runs it (so discards are observable).
 fn mem() -> GuestMemory {
-    crate::memory::create(32 << 20).unwrap()
+    crate::memory::create(32 << 20, None).unwrap()
 }
 
 fn filled(m: &GuestMemory, at: u64, len: usize) {
