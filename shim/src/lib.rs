@@ -13,6 +13,7 @@ pub mod network;
 pub mod pidfile;
 pub mod pod;
 pub mod process;
+pub mod ram;
 pub mod server;
 pub mod service;
 pub mod share;

@@ -243,7 +243,7 @@ impl<M: MountOps> RootfsShare for MountShare<M> {
     }
 
     fn cleanup_pod(&self, pod_dir: &Path) -> Result<()> {
-        for d in ["shared", "mounts"] {
+        for d in ["shared", "mounts", crate::ram::RAM_DIR] {
             let p = pod_dir.join(d);
             let _ = self.ops.umount(&p);
             let _ = self.ops.remove(&p);
@@ -376,7 +376,9 @@ mod tests {
             "umount /p/shared".to_string(),
             "remove /p/shared".into(),
             "umount /p/mounts".into(),
-            "remove /p/mounts".into()
+            "remove /p/mounts".into(),
+            "umount /p/ram".into(),
+            "remove /p/ram".into()
         ]));
         assert!(log.contains(&"umount /b/rootfs".to_string()));
     }

@@ -48,7 +48,8 @@ pub trait RootfsShare: Send + Sync {
     ) -> Result<()>;
     /// Undoes [`RootfsShare::share`]; idempotent.
     fn unshare(&self, pod_dir: &Path, id: &str, bundle: &Path) -> Result<()>;
-    /// Undoes [`RootfsShare::prepare_pod`]; idempotent.
+    /// Undoes [`RootfsShare::prepare_pod`], and unmounts the pod's guest RAM tmpfs
+    /// ([`crate::ram`]); idempotent.
     fn cleanup_pod(&self, pod_dir: &Path) -> Result<()>;
 }
 

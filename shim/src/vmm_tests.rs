@@ -49,6 +49,8 @@ fn setup(vmm: &str, virtiofsd: &str) -> (TempDir, HuskVmm, VmRequest) {
         vmm: script(d.path(), "vmm", vmm),
         virtiofsd: script(d.path(), "virtiofsd", virtiofsd),
         boot_timeout_secs: 2,
+        // ram.rs's own tests cover the tmpfs; these fake vmms need no guest RAM.
+        huge_pages: false,
         ..Config::default()
     };
     let req = VmRequest {
