@@ -220,7 +220,13 @@ impl PodService {
                 dns: pod_dns(&spec),
                 shared_fs_tag: SHARED_FS_TAG.into(),
             };
-            if let Err(e) = vm.agent.create_sandbox(sandbox).await {
+            let t = std::time::Instant::now();
+            let made = vm.agent.create_sandbox(sandbox).await;
+            log::debug!(
+                "pod {pod_id}: sandbox set up in {} ms",
+                t.elapsed().as_millis()
+            );
+            if let Err(e) = made {
                 vm.process.stop().await;
                 let _ = self.deps.share.cleanup_pod(&pod_dir);
                 return Err(e.into());
@@ -244,7 +250,14 @@ impl PodService {
             spec_json: spec.to_bytes(),
             stdio,
         };
-        if let Err(e) = agent.create_container(creq).await {
+        let t = std::time::Instant::now();
+        let made = agent.create_container(creq).await;
+        log::debug!(
+            "container {}: created in {} ms",
+            req.id,
+            t.elapsed().as_millis()
+        );
+        if let Err(e) = made {
             let _ = self.deps.share.unshare(&pod_dir, &req.id, &req.bundle);
             if role.boots_vm() {
                 let process = self.mark_vm_dead("its first container failed").await;

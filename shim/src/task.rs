@@ -38,6 +38,34 @@ impl TaskService {
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
+/// Logs a request's duration at debug level when dropped: where a pod's time goes.
+struct Timed {
+    what: &'static str,
+    id: String,
+    started: std::time::Instant,
+}
+
+impl Timed {
+    fn new(what: &'static str, id: &str) -> Timed {
+        Timed {
+            what,
+            id: id.into(),
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        log::debug!(
+            "{} {}: {} ms",
+            self.what,
+            self.id,
+            self.started.elapsed().as_millis()
+        );
+    }
+}
+
 fn stdio(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> StdioPaths {
     StdioPaths {
         stdin: stdin.into(),
@@ -122,6 +150,7 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
+        let _t = Timed::new("create", &req.id);
         if !req.checkpoint.is_empty() {
             return Err(ShimError::Unimplemented("restore from a checkpoint").into());
         }
@@ -154,6 +183,7 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
+        let _t = Timed::new("start", &req.id);
         let pid = self.pod.start(&req.id, &req.exec_id).await?;
         Ok(api::StartResponse {
             pid,
@@ -166,6 +196,7 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
+        let _t = Timed::new("delete", &req.id);
         let (pid, exit_status, exited_at) = self.pod.delete(&req.id, &req.exec_id).await?;
         Ok(api::DeleteResponse {
             pid,
@@ -212,6 +243,7 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
+        let _t = Timed::new("kill", &req.id);
         self.pod
             .kill(&req.id, &req.exec_id, req.signal, req.all)
             .await?;
@@ -259,6 +291,7 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
+        let _t = Timed::new("wait", &req.id);
         let (exit_status, exited_at) = self.pod.wait(&req.id, &req.exec_id).await?;
         Ok(api::WaitResponse {
             exit_status,
@@ -294,6 +327,7 @@ impl Task for TaskService {
     }
 
     async fn shutdown(&self, _: &TtrpcContext, _: api::ShutdownRequest) -> TtrpcResult<Empty> {
+        let _t = Timed::new("shutdown", "");
         self.pod.shutdown().await;
         Ok(Empty::new())
     }

@@ -192,6 +192,7 @@ impl HuskVmm {
 #[async_trait]
 impl VmLauncher for HuskVmm {
     async fn launch(&self, req: &VmRequest) -> Result<RunningVm> {
+        let started = Instant::now();
         let mut attempt = 1;
         let (vm, net, agent) = loop {
             let net = match &req.netns {
@@ -227,6 +228,11 @@ impl VmLauncher for HuskVmm {
                 }
             }
         };
+        log::info!(
+            "pod {}: the agent answered {} ms after the launch (boot attempt {attempt})",
+            req.pod_id,
+            started.elapsed().as_millis()
+        );
         if let Some(n) = &net {
             let dns =
                 host_nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
@@ -281,7 +287,8 @@ impl HuskVmm {
         record_pid(&dir.join(VIRTIOFSD_PID_FILE), &virtiofsd);
         let helper = Helper::new(virtiofsd, dir.join("virtiofsd.log"));
         // virtiofsd must listen before the vmm connects to it.
-        let deadline = Instant::now() + Duration::from_secs(self.cfg.boot_timeout_secs);
+        let spawned = Instant::now();
+        let deadline = spawned + Duration::from_secs(self.cfg.boot_timeout_secs);
         while !fs_sock.exists() {
             if Instant::now() > deadline || helper.has_exited().await {
                 helper.stop().await;
@@ -293,8 +300,18 @@ impl HuskVmm {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        log::debug!(
+            "pod {}: virtiofsd listening after {} ms",
+            req.pod_id,
+            spawned.elapsed().as_millis()
+        );
         let config_path = dir.join("vm.json");
         let mut config = self.vm_config(req);
+        if self.cfg.huge_pages {
+            if let Some(d) = crate::ram::prepare(dir) {
+                config["mem_dir"] = json!(d);
+            }
+        }
         if let Some(n) = &net {
             config["net"] = json!([{ "tap": n.tap, "mac": n.interface.mac_string() }]);
         }
