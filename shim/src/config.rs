@@ -29,6 +29,36 @@ pub enum ConfigError {
     },
 }
 
+/// How the guest caches the virtio-fs share (virtiofsd's `--cache`), as Kata's
+/// `virtio_fs_cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FsCache {
+    /// Every lookup, attribute and read goes to the host: what the host changes shows at
+    /// once, and every path walk in the guest costs a round trip per component.
+    Never,
+    /// Names and attributes cached, file data not.
+    Metadata,
+    /// Names and attributes cached for a second, file data until the file is opened again
+    /// (close-to-open): changes on the host show within a second, as with NFS.
+    #[default]
+    Auto,
+    /// Everything cached for as long as the guest likes: only for shares the host never
+    /// changes while the pod runs.
+    Always,
+}
+
+impl FsCache {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsCache::Never => "never",
+            FsCache::Metadata => "metadata",
+            FsCache::Auto => "auto",
+            FsCache::Always => "always",
+        }
+    }
+}
+
 /// Log levels the shim accepts (containerd's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -83,6 +113,10 @@ pub struct Config {
     /// guest RAM file (see `ram`). Boots faster; the guest's touched memory rounds up to
     /// 2 MiB pieces.
     pub huge_pages: bool,
+    /// The guest's caching of the shared rootfs and volumes. `never` makes a container's
+    /// create several times slower (each path component of each mount is a round trip to
+    /// virtiofsd); `auto` is Kata's choice too.
+    pub virtio_fs_cache: FsCache,
     /// The shim's log level (containerd's `-debug` still raises it to debug).
     pub log_level: LogLevel,
     /// Keep the guest console in `<state dir>/console.log` instead of discarding it.
@@ -107,6 +141,7 @@ impl Default for Config {
             kernel_params: String::new(),
             free_page_reporting: true,
             huge_pages: true,
+            virtio_fs_cache: FsCache::Auto,
             log_level: LogLevel::Info,
             debug_console: false,
             boot_timeout_secs: 30,
@@ -208,6 +243,7 @@ mod tests {
             log_level = "debug"
             debug_console = true
             huge_pages = false
+            virtio_fs_cache = "never"
             boot_timeout_secs = 5
             state_dir = "/tmp/husk"
             "#,
@@ -220,6 +256,7 @@ mod tests {
         assert_eq!(c.log_level, LogLevel::Debug);
         assert!(c.debug_console);
         assert!(!c.huge_pages);
+        assert_eq!(c.virtio_fs_cache, FsCache::Never);
         assert_eq!(c.state_dir, PathBuf::from("/tmp/husk"));
     }
 
@@ -239,6 +276,10 @@ mod tests {
         let e = parse("default_vcpus = \"two\"").unwrap_err().to_string();
         assert!(e.contains("invalid type"), "{e}");
         let e = parse("log_level = \"loud\"").unwrap_err().to_string();
+        assert!(e.contains("unknown variant"), "{e}");
+        let e = parse("virtio_fs_cache = \"sometimes\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown variant"), "{e}");
         let e = parse("default_vcpus = 0").unwrap_err().to_string();
         assert_eq!(e, "/etc/husk/config.toml: default_vcpus must be at least 1");

@@ -278,7 +278,7 @@ impl HuskVmm {
             &[
                 format!("--socket-path={}", fs_sock.display()),
                 format!("--shared-dir={}", req.shared_dir.display()),
-                "--cache=never".into(),
+                format!("--cache={}", self.cfg.virtio_fs_cache.as_str()),
                 "--sandbox=namespace".into(),
                 "--announce-submounts".into(),
             ],
