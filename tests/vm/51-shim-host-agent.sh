@@ -13,9 +13,9 @@ command -v containerd >/dev/null && command -v ctr >/dev/null || skip "container
 [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] || skip "needs cgroup v2 alone (run in the nested test host)"
 bin() { # bin NAME ENVVAR: the first built copy of NAME
   local n=$1 v=${!2:-} c
-  [ -n "$v" ] && { echo "$v"; return; }
+  [ -n "$v" ] && { staged "$v"; return; }
   for c in "$top/target/debug/$n" "$top/target/release/$n" "${CARGO_TARGET_DIR:-/nonexistent}/debug/$n" "$guest/$n"; do
-    [ -x "$c" ] && { echo "$c"; return; }
+    [ -x "$c" ] && { staged "$c"; return; }
   done
 }
 shim=$(bin containerd-shim-husk-v2 HUSK_SHIM); [ -n "$shim" ] || fail "no containerd-shim-husk-v2: run make"

@@ -9,16 +9,9 @@ if [ -e /sys/module/kvm_pvm ] || ! grep -qE 'vmx|svm' /proc/cpuinfo; then
 fi
 command -v containerd >/dev/null && command -v ctr >/dev/null || skip "containerd not installed (apt-get install containerd)"
 [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || skip "no CNI plugins (apt-get install containernetworking-plugins)"
-cri_bin() { # cri_bin NAME ENVVAR: the first built copy of NAME
-  local n=$1 v=${!2:-} c
-  [ -n "$v" ] && { echo "$v"; return; }
-  for c in "$top/target/debug/$n" "$top/target/release/$n" "${CARGO_TARGET_DIR:-/nonexistent}/debug/$n" /usr/local/bin/"$n"; do
-    [ -x "$c" ] && { echo "$c"; return; }
-  done
-}
-shim=$(cri_bin containerd-shim-husk-v2 HUSK_SHIM); [ -n "$shim" ] || fail "no containerd-shim-husk-v2: run make"
-vmm=$(cri_bin husk-vmm HUSK_VMM); [ -n "$vmm" ] || fail "no husk-vmm: run make"
-husk_cri=$(cri_bin husk-cri HUSK_CRI); [ -n "$husk_cri" ] || fail "no husk-cri (tests/cri-client): run cargo build"
+shim=$(first_built containerd-shim-husk-v2 HUSK_SHIM); [ -n "$shim" ] || fail "no containerd-shim-husk-v2: run make"
+vmm=$(first_built husk-vmm HUSK_VMM); [ -n "$vmm" ] || fail "no husk-vmm: run make"
+husk_cri=$(first_built husk-cri HUSK_CRI); [ -n "$husk_cri" ] || fail "no husk-cri (tests/cri-client): run cargo build"
 vfsd=${HUSK_VIRTIOFSD:-$(command -v virtiofsd || echo "$HOME/.cargo/bin/virtiofsd")}
 [ -x "$vfsd" ] || skip "no virtiofsd (cargo install virtiofsd)"
 [ -f "$guest/vmlinux" ] && [ -f "$guest/rootfs.cpio" ] || fail "missing $guest/{vmlinux,rootfs.cpio}: run make"

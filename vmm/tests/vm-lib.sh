@@ -8,6 +8,7 @@ if [ -z "$vmm" ]; then
   done
 fi
 [ -n "$vmm" ] && [ -x "$vmm" ] || fail "no husk-vmm binary: run make"
+vmm=$(staged "$vmm")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
