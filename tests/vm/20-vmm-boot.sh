@@ -20,9 +20,9 @@ grep -m1 "$AGENT_FIRST_LINE" "$log"
 grep -qE 'Brought up 1 node, 2 CPUs' "$log" || { show "$log"; fail "guest did not bring up 2 CPUs"; }
 echo "guest: 2 CPUs; agent first line ${ms} ms after husk-vmm start"
 echo "BENCH vmm_boot_to_agent_ms $ms ms"
-# Guest RAM is a shared memfd mapping (RssShmem); the rest is the vmm's own overhead.
+# Guest RAM is a shared memfd mapping; the rest is the vmm's own overhead.
 rss=$(awk '/^VmRSS/ {print $2}' "/proc/$VMM_PID/status")
-shm=$(awk '/^RssShmem/ {print $2}' "/proc/$VMM_PID/status")
+shm=$(guest_ram_kib "$VMM_PID")
 echo "husk-vmm RSS after boot: ${rss} KiB, of which guest memory ${shm} KiB"
 echo "BENCH vmm_rss_overhead_mib $(awk -v r="$rss" -v s="$shm" 'BEGIN {printf "%.1f", (r - s) / 1024}') MiB"
 kill -TERM "$VMM_PID"

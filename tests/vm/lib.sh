@@ -44,6 +44,14 @@ wait_for_line() {
   done
 }
 
+# guest_ram_kib PID: resident KiB of PID's mappings of guest RAM (husk-vmm's memfd
+# `husk-guest-ram`, or its unlinked file in a pod's `ram/` tmpfs), from smaps. Not
+# RssShmem: staged binaries live in tmpfs too, and their pages are shmem as well.
+guest_ram_kib() {
+  awk '/^[0-9a-f]+-[0-9a-f]+ / { g = ($0 ~ /memfd:husk-guest-ram/ || $0 ~ /\/ram\/#[0-9]+ \(deleted\)$/) }
+       g && /^Rss:/ { s += $2 } END { print s + 0 }' "/proc/$1/smaps"
+}
+
 # qemu_microvm LOG [extra qemu args...]: boots the husk kernel + rootfs under QEMU's microvm
 # machine (the reference VMM) in the background, serial to LOG; sets QEMU_PID
 qemu_microvm() {

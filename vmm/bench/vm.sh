@@ -2,7 +2,7 @@
 # vmm benchmarks, run where real KVM is (inside the nested test host, or on hardware):
 #   BENCH vmm_boot_ms / qemu_microvm_boot_ms / vmm_boot_ratio_vs_qemu: start to the agent's
 #     first line, same bzImage and rootfs, same vCPUs and memory, runs alternated, medians
-#   BENCH vmm_rss_overhead_mib: husk-vmm's RSS after boot minus guest memory (RssShmem)
+#   BENCH vmm_rss_overhead_mib: husk-vmm's RSS after boot minus its guest RAM mapping's
 #   BENCH vmm_vsock_echo_mib_s / qemu_vsock_echo_mib_s / vmm_vsock_ratio_vs_qemu: 64 MiB
 #     each way through the guest probe's echo server; QEMU uses in-kernel vhost-vsock
 #   BENCH vmm_blk_{read,write}_mib_s / qemu_blk_{read,write}_mib_s / vmm_blk_{read,write}_
@@ -42,7 +42,7 @@ for r in $(seq "$ROUNDS"); do
   wait_for_line "$tmp/h$r.log" "$AGENT_FIRST_LINE" 300 || { show "$tmp/h$r.log"; fail "husk-vmm: no agent line"; }
   h+=("$(ms "$t0")")
   r_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$VMM_PID/status")
-  s_kib=$(awk '/^RssShmem/ {print $2}' "/proc/$VMM_PID/status")
+  s_kib=$(guest_ram_kib "$VMM_PID")
   rss+=("$((r_kib - s_kib))")
   kill -TERM "$VMM_PID"; wait_vmm 30 || true
   echo "round $r: qemu ${q[-1]} ms, husk-vmm ${h[-1]} ms, husk-vmm RSS minus guest ${rss[-1]} KiB" >&2

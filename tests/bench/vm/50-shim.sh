@@ -4,8 +4,9 @@
 #   BENCH ctr_run_husk_ms / ctr_run_runc_ms / ctr_run_ratio_vs_runc: `ctr run --rm` of a
 #     busybox `true`, husk and runc alternated in the same run, medians of $ROUNDS (5)
 #   BENCH pod_idle_host_mib: an idle one-container pod's host memory: the shim, husk-vmm
-#     and virtiofsd (RssAnon + RssFile of each) plus the guest memory touched, counted once
-#     (the guest RAM is a memfd shared by the vmm and virtiofsd: the larger RssShmem)
+#     and virtiofsd (VmRSS of each without its guest RAM mapping) plus the guest memory
+#     touched, counted once (the guest RAM file is shared by the vmm and virtiofsd: the
+#     larger of their guest RAM mappings' RSS)
 #   BENCH shim_rss_mib: the shim's VmRSS in that idle pod
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../../.." && pwd)
@@ -48,14 +49,14 @@ fsd_pid=$(cut -d' ' -f1 "$w/run/idle/virtiofsd.pid")
 shim_pid=$(awk '/^PPid/ {print $2}' "/proc/$vmm_pid/status")
 grep -q containerd-shim-husk-v2 "/proc/$shim_pid/cmdline" || fail "the vmm's parent $shim_pid is not the shim"
 kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
-total=0 shmem=0
+total=0 ram=0
 for p in "$shim_pid" "$vmm_pid" "$fsd_pid"; do
-  a=$(kib "$p" RssAnon) f=$(kib "$p" RssFile) s=$(kib "$p" RssShmem)
-  echo "pid $p $(tr -d '\0' < "/proc/$p/comm"): RssAnon $a KiB, RssFile $f KiB, RssShmem $s KiB, Pss $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup") KiB" >&2
-  total=$((total + a + f))
-  [ "$s" -gt "$shmem" ] && shmem=$s
+  r=$(kib "$p" VmRSS) g=$(guest_ram_kib "$p")
+  echo "pid $p $(tr -d '\0' < "/proc/$p/comm"): VmRSS $r KiB (RssAnon $(kib "$p" RssAnon), RssFile $(kib "$p" RssFile), RssShmem $(kib "$p" RssShmem)), guest RAM $g KiB, Pss $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup") KiB" >&2
+  total=$((total + r - g))
+  [ "$g" -gt "$ram" ] && ram=$g
 done
-echo "BENCH pod_idle_host_mib $(awk -v k=$((total + shmem)) 'BEGIN {printf "%.1f", k / 1024}') MiB"
+echo "BENCH pod_idle_host_mib $(awk -v k=$((total + ram)) 'BEGIN {printf "%.1f", k / 1024}') MiB"
 echo "BENCH shim_rss_mib $(awk -v k="$(kib "$shim_pid" VmRSS)" 'BEGIN {printf "%.1f", k / 1024}') MiB"
 kill_and_delete idle
 assert_nothing_left
