@@ -14,6 +14,17 @@ pub fn first_line(pid: u32) -> String {
     )
 }
 
+/// PID 1's environment variable that keeps the agent off the console. The kernel puts an
+/// unknown command-line parameter with a value (`HUSK_AGENT_QUIET=1`) into init's
+/// environment; the shim passes it when nobody keeps the console, because every console
+/// byte costs the VM two exits (a status read and a data write on the 8250).
+pub const QUIET_ENV: &str = "HUSK_AGENT_QUIET";
+
+/// Whether the value of [`QUIET_ENV`] asks for quiet: exactly `1`.
+pub fn quiet(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| v == "1")
+}
+
 /// Writes the first line to `out` and flushes it at once: the host measures boot time by it.
 pub fn announce(out: &mut dyn Write, pid: u32) -> std::io::Result<()> {
     writeln!(out, "{}", first_line(pid))?;
@@ -181,8 +192,9 @@ pub fn protect_binary() -> Result<(), InitError> {
 }
 
 /// PID 1: base mounts, cgroup controllers for children, loopback, then the agent API on
-/// vsock. Never returns; a fatal error is printed and the VM is halted.
-pub fn run_as_pid1() -> ! {
+/// vsock. Never returns; a fatal error is printed and the VM is halted. `quiet` leaves out
+/// the informational line (errors are always printed).
+pub fn run_as_pid1(quiet: bool) -> ! {
     let mut out = std::io::stdout();
     type Step<'a> = (&'a str, &'a dyn Fn() -> Result<(), String>);
     let steps: [Step; 5] = [
@@ -207,8 +219,10 @@ pub fn run_as_pid1() -> ! {
         }
     }
     let addr = format!("vsock://-1:{}", husk_protocol::AGENT_VSOCK_PORT);
-    let _ = writeln!(out, "husk-agent: serving on {addr}");
-    let _ = out.flush();
+    if !quiet {
+        let _ = writeln!(out, "husk-agent: serving on {addr}");
+        let _ = out.flush();
+    }
     if let Err(e) = crate::server::serve(&addr, std::path::Path::new("/run/husk-agent")) {
         let _ = writeln!(out, "husk-agent: fatal: {e}; halting");
     }
@@ -235,5 +249,14 @@ mod tests {
         let s = String::from_utf8(buf).unwrap();
         assert!(s.starts_with(FIRST_LINE_PREFIX));
         assert!(s.ends_with("pid=1\n"));
+    }
+
+    #[test]
+    fn quiet_only_when_asked_with_one() {
+        use std::ffi::OsStr;
+        assert!(quiet(Some(OsStr::new("1"))));
+        assert!(!quiet(None));
+        assert!(!quiet(Some(OsStr::new("0"))));
+        assert!(!quiet(Some(OsStr::new(""))));
     }
 }

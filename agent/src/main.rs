@@ -226,8 +226,12 @@ fn oci(o: Oci) -> Result<i32> {
 fn main() -> Result<()> {
     let pid = std::process::id();
     if pid == 1 {
-        husk_agent::init::announce(&mut std::io::stdout(), pid)?;
-        husk_agent::init::run_as_pid1();
+        let quiet =
+            husk_agent::init::quiet(std::env::var_os(husk_agent::init::QUIET_ENV).as_deref());
+        if !quiet {
+            husk_agent::init::announce(&mut std::io::stdout(), pid)?;
+        }
+        husk_agent::init::run_as_pid1(quiet);
     }
     let cli = Cli::parse();
     match cli.cmd {

@@ -8,6 +8,12 @@
 /// The vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The host vsock port the agent connects to (and at once closes) once it serves on
+/// [`AGENT_VSOCK_PORT`]: the host then connects right away instead of polling a guest that
+/// is still booting. Through husk-vmm the connection reaches the Unix socket
+/// `<vsock socket>_1025`.
+pub const AGENT_READY_PORT: u32 = 1025;
+
 /// Protobuf messages of the agent API.
 #[allow(clippy::all, clippy::unwrap_used, clippy::undocumented_unsafe_blocks)]
 #[allow(missing_docs, unused, nonstandard_style)]

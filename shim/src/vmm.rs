@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
-use tokio::net::UnixStream;
+use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
@@ -59,6 +59,14 @@ pub trait AgentConnector: Send + Sync {
 pub fn vsock_socket(pod_dir: &Path) -> PathBuf {
     pod_dir.join("vsock.sock")
 }
+/// Where the agent's "serving" signal arrives: husk-vmm forwards the guest's connection to
+/// host port [`husk_protocol::AGENT_READY_PORT`] to `<vsock socket>_<port>`.
+pub fn ready_socket(pod_dir: &Path) -> PathBuf {
+    pod_dir.join(format!("vsock.sock_{}", husk_protocol::AGENT_READY_PORT))
+}
+/// How often the shim tries the agent before the agent said it serves (an agent that
+/// never says so is still found, only later). After the signal: at once.
+pub const POLL_BEFORE_READY: Duration = Duration::from_millis(250);
 fn virtiofsd_socket(pod_dir: &Path) -> PathBuf {
     pod_dir.join("virtiofsd.sock")
 }
@@ -67,18 +75,25 @@ fn virtiofsd_socket(pod_dir: &Path) -> PathBuf {
 pub struct HuskVmm {
     cfg: Config,
     connector: Arc<dyn AgentConnector>,
+    poll_before_ready: Duration,
 }
 
 impl HuskVmm {
     pub fn new(cfg: Config, connector: Arc<dyn AgentConnector>) -> Self {
-        HuskVmm { cfg, connector }
+        HuskVmm {
+            cfg,
+            connector,
+            poll_before_ready: POLL_BEFORE_READY,
+        }
     }
 
     /// husk-vmm's config file for this pod (its `VmConfig`, JSON).
     pub fn vm_config(&self, req: &VmRequest) -> serde_json::Value {
         let mut cmdline = BASE_CMDLINE.to_string();
         if !self.cfg.debug_console {
-            cmdline.push_str(" quiet");
+            // Nobody keeps the console: neither the kernel nor the agent writes to it
+            // (each console byte is two VM exits).
+            cmdline.push_str(" quiet HUSK_AGENT_QUIET=1");
         }
         if self.cfg.free_page_reporting {
             cmdline.push(' ');
@@ -158,7 +173,14 @@ impl HuskVmm {
         child
     }
 
-    async fn boot(&self, req: &VmRequest, vm: &Arc<ChildVm>) -> Result<Arc<dyn AgentClient>> {
+    /// Connects to the agent once it serves: right after its signal on `ready`, or by
+    /// polling every [`POLL_BEFORE_READY`] without one.
+    async fn boot(
+        &self,
+        req: &VmRequest,
+        vm: &Arc<ChildVm>,
+        mut ready: Option<UnixListener>,
+    ) -> Result<Arc<dyn AgentClient>> {
         let deadline = Instant::now() + Duration::from_secs(self.cfg.boot_timeout_secs);
         let socket = vsock_socket(&req.pod_dir);
         let log = req.pod_dir.join("vmm.log");
@@ -178,13 +200,28 @@ impl HuskVmm {
                     log_tail(&log)
                 )));
             }
+            if let Some(l) = &ready {
+                match tokio::time::timeout(self.poll_before_ready.min(left), l.accept()).await {
+                    Ok(Ok(_)) => {
+                        log::debug!("pod {}: the agent says it serves", req.pod_id);
+                        ready = None;
+                    }
+                    Ok(Err(e)) => {
+                        log::debug!("pod {}: ready socket: {e}; polling", req.pod_id);
+                        ready = None;
+                    }
+                    Err(_) => {}
+                }
+            }
             if let Ok(stream) = vsock::connect(&socket, husk_protocol::AGENT_VSOCK_PORT, left).await
             {
                 let agent = self.connector.connect(stream).await?;
                 agent.health_check().await?;
                 return Ok(agent);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if ready.is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     }
 }
@@ -199,8 +236,8 @@ impl VmLauncher for HuskVmm {
                 Some(ns) => Some(attach_network(ns).await?),
                 None => None,
             };
-            let vm = match self.start_vm(req, net.clone()).await {
-                Ok(vm) => vm,
+            let (vm, ready) = match self.start_vm(req, net.clone()).await {
+                Ok(started) => started,
                 Err(e) => {
                     if let Some(n) = net {
                         detach_network(n).await;
@@ -209,7 +246,9 @@ impl VmLauncher for HuskVmm {
                 }
             };
             // From here on the vm's watcher detaches the network when the vmm has ended.
-            match self.boot(req, &vm).await {
+            let booted = self.boot(req, &vm, ready).await;
+            let _ = std::fs::remove_file(ready_socket(&req.pod_dir));
+            match booted {
                 Ok(agent) => break (vm, net, agent),
                 Err(e) => {
                     vm.stop().await;
@@ -263,16 +302,26 @@ impl VmLauncher for HuskVmm {
 
 impl HuskVmm {
     /// Starts virtiofsd and the vmm (inside the pod's network namespace when it has one).
+    /// Also returns the listener for the agent's ready signal, when it could be bound.
     async fn start_vm(
         &self,
         req: &VmRequest,
         net: Option<crate::network::PodNetwork>,
-    ) -> Result<Arc<ChildVm>> {
+    ) -> Result<(Arc<ChildVm>, Option<UnixListener>)> {
         let dir = &req.pod_dir;
         std::fs::create_dir_all(dir).map_err(|e| ShimError::io(dir.display().to_string(), e))?;
         let fs_sock = virtiofsd_socket(dir);
         let _ = std::fs::remove_file(&fs_sock);
         let _ = std::fs::remove_file(vsock_socket(dir));
+        let _ = std::fs::remove_file(ready_socket(dir));
+        // Bound before the vmm starts, so the agent's signal cannot come too early.
+        let ready = match UnixListener::bind(ready_socket(dir)) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::debug!("pod {}: no ready socket ({e}); polling", req.pod_id);
+                None
+            }
+        };
         let virtiofsd = self.spawn(
             &self.cfg.virtiofsd,
             &[
@@ -340,7 +389,7 @@ impl HuskVmm {
                 }
             };
         record_pid(&dir.join(VMM_PID_FILE), &child);
-        Ok(ChildVm::watch(child, vec![helper], net))
+        Ok((ChildVm::watch(child, vec![helper], net), ready))
     }
 }
 

@@ -101,6 +101,24 @@ fn vm_config_is_husk_vmms_format() {
 }
 
 #[test]
+fn a_kept_console_gets_the_kernel_and_agent_lines() {
+    let (_d, mut vmm, req) = setup("", "");
+    let quiet = " quiet HUSK_AGENT_QUIET=1";
+    assert!(vmm.vm_config(&req)["cmdline"]
+        .as_str()
+        .unwrap()
+        .contains(quiet));
+    vmm.cfg.debug_console = true;
+    let c = vmm.vm_config(&req);
+    assert!(c["serial"]["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("console.log"));
+    let cmdline = c["cmdline"].as_str().unwrap();
+    assert!(!cmdline.contains("quiet"), "{cmdline}");
+}
+
+#[test]
 fn free_page_reporting_can_be_turned_off() {
     let (_d, mut vmm, req) = setup("", "");
     vmm.cfg.free_page_reporting = false;
@@ -123,6 +141,47 @@ async fn boots_when_the_agent_answers_and_stops() {
         "was killed by signal 15"
     );
     assert!(gone(pid) && gone(fsd), "vmm and virtiofsd reaped");
+}
+
+/// vmm stand-in whose agent says when it serves: 0.3 s after start it connects to the
+/// ready socket (`<vsock socket>_1025`), then serves the handshake.
+const FAKE_VMM_READY: &str = r#"#!/usr/bin/env python3
+import json, socket, sys, time
+cfg = json.load(open(sys.argv[3]))
+path = cfg["vsock"]["socket"]
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen(4)
+time.sleep(0.3)
+r = socket.socket(socket.AF_UNIX)
+r.connect(path + "_1025")
+r.close()
+conns = []
+while True:
+    c, _ = s.accept()
+    line = c.recv(64)
+    assert line == b"CONNECT 1024\n", line
+    c.sendall(b"OK 1073741824\n")
+    conns.append(c)
+"#;
+
+#[tokio::test]
+async fn the_agents_ready_signal_ends_the_wait_at_once() {
+    let (_d, mut vmm, req) = setup(FAKE_VMM_READY, FAKE_VIRTIOFSD);
+    // Without the signal the first poll would come after the boot timeout (2 s).
+    vmm.poll_before_ready = Duration::from_secs(60);
+    let t = Instant::now();
+    let vm = vmm.launch(&req).await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(
+        !ready_socket(&req.pod_dir).exists(),
+        "the ready socket is removed"
+    );
+    vm.process.stop().await;
 }
 
 #[tokio::test]

@@ -289,7 +289,30 @@ pub fn serve(address: &str, root: &Path) -> Result<(), ServerError> {
         .set_thread_count_max(64)
         .register_service(service);
     server.start().map_err(err)?;
+    if address.starts_with("vsock://") {
+        notify_ready();
+    }
     loop {
         std::thread::park();
+    }
+}
+
+/// Tells the host the agent serves: a connection to the host's
+/// [`husk_protocol::AGENT_READY_PORT`], closed at once. The shim then connects right away
+/// instead of polling, and each poll of a guest still booting costs it an interrupt and a
+/// reset. Best effort: nobody listening there is no error (the host polls then).
+fn notify_ready() {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+    use std::os::fd::AsRawFd;
+    /// VMADDR_CID_HOST: the host, seen from a guest.
+    const HOST_CID: u32 = 2;
+    if let Ok(fd) = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) {
+        let addr = VsockAddr::new(HOST_CID, husk_protocol::AGENT_READY_PORT);
+        let _ = connect(fd.as_raw_fd(), &addr);
     }
 }
