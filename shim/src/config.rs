@@ -109,7 +109,7 @@ pub struct Config {
     /// vmm gives it back to the host, so a pod's footprint shrinks after boot and after
     /// its workload frees memory.
     pub free_page_reporting: bool,
-    /// Back guest RAM with transparent huge pages: a `huge=advise` tmpfs per pod holds the
+    /// Back guest RAM with transparent huge pages: a `huge=within_size` tmpfs per pod holds the
     /// guest RAM file (see `ram`). Boots faster; the guest's touched memory rounds up to
     /// 2 MiB pieces.
     pub huge_pages: bool,

@@ -1,12 +1,16 @@
-//! Where a pod's guest RAM lives: a tmpfs of the pod's own, mounted `huge=advise`, in which
-//! husk-vmm creates its (unlinked) guest RAM file (its `mem_dir`).
+//! Where a pod's guest RAM lives: a tmpfs of the pod's own, mounted `huge=within_size`, in
+//! which husk-vmm creates its (unlinked) guest RAM file (its `mem_dir`).
 //!
 //! Why: every guest page a booting VM touches first costs a nested page fault, and with
 //! transparent huge pages on guest RAM there are 512 times fewer of them; in the nested test
-//! host that took a third off the time to the agent's first answer. The vmm always advises
-//! its guest RAM MADV_HUGEPAGE, but a memfd only honours that where the host's global
-//! `shmem_enabled` says so (Debian's default is `never`). A tmpfs mount has its own `huge=`
-//! option, so a pod gets huge pages without the shim changing a host-wide setting.
+//! host that took a third off the time to the agent's first answer. A memfd gets huge pages
+//! only where the host's global `shmem_enabled` allows them (Debian's default is `never`); a
+//! tmpfs mount has its own `huge=` option, so a pod gets them without the shim changing a
+//! host-wide setting. `within_size` (the file is sized to the guest RAM up front, so all of
+//! it qualifies) rather than `advise` with MADV_HUGEPAGE: the vmm does not advise a file in
+//! a `mem_dir`, so under the host's default THP `defrag` (`madvise`) a huge page is taken
+//! when one is free and a fault never waits for compaction (a fragmented host falls back to
+//! 4 KiB pages instead of stalling the guest).
 //!
 //! The mount lives in the pod directory and goes with it (`RootfsShare::cleanup_pod`
 //! unmounts [`RAM_DIR`]). Its size is not limited (`size=0`), like a memfd's: the VM's
@@ -21,7 +25,7 @@ use nix::mount::MsFlags;
 pub const RAM_DIR: &str = "ram";
 
 /// Mount options of the guest RAM tmpfs.
-pub const RAM_MOUNT_OPTIONS: &str = "huge=advise,size=0,nr_inodes=16,mode=0700";
+pub const RAM_MOUNT_OPTIONS: &str = "huge=within_size,size=0,nr_inodes=16,mode=0700";
 
 /// Mounts `<pod_dir>/ram` (a second boot of the same pod reuses the mount) and returns it.
 /// None where it cannot be had (a kernel without THP rejects `huge=`, a shim without
@@ -113,7 +117,7 @@ mod tests {
         assert_eq!(m.len(), 1, "{m:?}");
         assert!(m[0].starts_with("husk-guest-ram "), "{m:?}");
         let opts = m[0].split_whitespace().nth(3).unwrap().to_string();
-        for o in ["huge=advise", "nosuid", "nodev", "noexec", "mode=700"] {
+        for o in ["huge=within_size", "nosuid", "nodev", "noexec", "mode=700"] {
             assert!(opts.split(',').any(|x| x == o), "{o} missing in {opts}");
         }
         nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH).unwrap();

@@ -8,7 +8,7 @@
 #   BENCH vmm_blk_{read,write}_mib_s / qemu_blk_{read,write}_mib_s / vmm_blk_{read,write}_
 #     ratio_vs_qemu: the guest reads a 256 MiB raw image whole and writes 64 MiB, O_DIRECT
 #     1 MiB requests, timed in the guest; the same image under both (host page cache warm)
-# Guest RAM: a huge=advise tmpfs, as the shim sets up for a pod. Uses $HUSK_VMM (make bench: the static size-optimized `make vmm-release` build), else target/release/husk-vmm. Rounds: $ROUNDS (3).
+# Guest RAM: a huge=within_size tmpfs, as the shim sets up for a pod. Uses $HUSK_VMM (make bench: the static size-optimized `make vmm-release` build), else target/release/husk-vmm. Rounds: $ROUNDS (3).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -19,15 +19,16 @@ export HUSK_VMM
 ROUNDS=${ROUNDS:-3}
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
-# Guest RAM as the shim gives it to a pod: an unlinked file on a tmpfs mounted huge=advise
-# (shim/src/ram.rs), so the guest gets transparent huge pages as QEMU's anonymous RAM does.
+# Guest RAM as the shim gives it to a pod: an unlinked file on a tmpfs mounted
+# huge=within_size (shim/src/ram.rs), so the guest gets transparent huge pages as QEMU's
+# anonymous RAM does.
 ram=$tmp/ram
 mkdir -p "$ram"
-if mount -t tmpfs -o huge=advise,size=0,mode=0700 husk-guest-ram "$ram"; then
+if mount -t tmpfs -o huge=within_size,size=0,mode=0700 husk-guest-ram "$ram"; then
   trap 'umount -l "$ram" 2>/dev/null; rm -rf "$tmp"' EXIT
   mem_dir=(--mem-dir "$ram")
 else
-  echo "vmm bench: no huge=advise tmpfs; guest RAM in a memfd" >&2
+  echo "vmm bench: no huge=within_size tmpfs; guest RAM in a memfd" >&2
   mem_dir=()
 fi
 q=() h=() rss=()

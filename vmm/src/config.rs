@@ -136,7 +136,7 @@ pub struct VmConfig {
     /// vmm then gives back to the host.
     #[serde(default)]
     pub free_page_reporting: bool,
-    /// Directory for the guest RAM file (a tmpfs mounted `huge=advise`, or hugetlbfs);
+    /// Directory for the guest RAM file (a tmpfs mounted `huge=within_size`, or hugetlbfs);
     /// without it guest RAM is a memfd. See `memory`.
     #[serde(default)]
     pub mem_dir: Option<PathBuf>,

@@ -61,7 +61,7 @@ struct RunArgs {
     /// goes back to the host.
     #[arg(long)]
     free_page_reporting: bool,
-    /// Put guest RAM in an unlinked file in this directory (a tmpfs mounted huge=advise
+    /// Put guest RAM in an unlinked file in this directory (a tmpfs mounted huge=within_size
     /// gives the guest transparent huge pages) instead of a memfd.
     #[arg(long)]
     mem_dir: Option<PathBuf>,

@@ -1,15 +1,17 @@
 //! Guest RAM: one shared file holding every RAM range, so the same pages can later be handed
 //! to a vhost-user backend (virtiofsd) by file descriptor. The file is a memfd, or an unlinked
-//! file in a directory the caller names (a tmpfs mounted `huge=advise`, or hugetlbfs).
+//! file in a directory the caller names (a tmpfs mounted `huge=within_size`, or hugetlbfs).
 //!
 //! Huge pages matter more here than anywhere else in the vmm: the first touch of every guest
 //! page costs a nested page fault (an exit to the host kernel, which then allocates and
 //! zeroes the page), and in a nested test host each of those costs a few hundred
 //! microseconds. A booting guest touches some 30 MiB: backed by 2 MiB pages that is about
-//! 15 faults instead of 7,500, a third of the boot time. So the mapping is always advised
-//! MADV_HUGEPAGE; whether that takes effect depends on the backing: a memfd gets huge pages
-//! only when the host's `shmem_enabled` allows them (`advise` or more, Debian's default is
-//! `never`), a file on a `huge=advise` tmpfs always does.
+//! 15 faults instead of 7,500, a third of the boot time. A memfd is advised MADV_HUGEPAGE,
+//! which takes effect where the host's `shmem_enabled` is `advise` (Debian's default is
+//! `never`). A file in a directory is left to its mount: a tmpfs mounted
+//! `huge=within_size` (what the shim gives a pod) gets huge pages unadvised, so a fault
+//! takes one when one is free and never waits for compaction (an advised mapping would, under
+//! the default THP `defrag`).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -124,8 +126,8 @@ pub fn discard(mem: &GuestMemory, gpa: u64, len: u64) -> Result<u64, DiscardErro
 /// Smallest guest we agree to build.
 pub const MIN_MEM_SIZE: u64 = 16 << 20;
 
-/// Creates guest memory of `mem_size` bytes backed by one memfd, or by an unlinked file in
-/// `dir` when given (see the module doc), and advises the mapping to use huge pages.
+/// Creates guest memory of `mem_size` bytes backed by one memfd (advised to use huge
+/// pages), or by an unlinked file in `dir` when given (see the module doc).
 pub fn create(mem_size: u64, dir: Option<&std::path::Path>) -> Result<GuestMemory, MemoryError> {
     if mem_size < MIN_MEM_SIZE {
         return Err(MemoryError::TooSmall(mem_size));
@@ -153,8 +155,10 @@ pub fn create(mem_size: u64, dir: Option<&std::path::Path>) -> Result<GuestMemor
         })
         .collect();
     let mem = GuestMemoryMmap::from_ranges_with_files(ranges).map_err(MemoryError::Map)?;
-    for region in mem.iter() {
-        advise_huge(region.as_ptr(), region.len() as usize);
+    if dir.is_none() {
+        for region in mem.iter() {
+            advise_huge(region.as_ptr(), region.len() as usize);
+        }
     }
     Ok(mem)
 }
