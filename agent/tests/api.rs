@@ -41,12 +41,18 @@ fn start_server(name: &str) -> (Server, AgentClient) {
         .arg(dir.join("root"))
         .spawn()
         .unwrap();
+    // The socket file exists from bind(2) on, before listen(2): until then a connect is
+    // refused, so retry until the deadline.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "agent did not listen");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let client = ttrpc::Client::connect(&format!("unix://{}", sock.display())).unwrap();
+    let client = loop {
+        match ttrpc::Client::connect(&format!("unix://{}", sock.display())) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "agent did not listen: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
     (Server { child, dir, sock }, AgentClient::new(client))
 }
 
