@@ -62,7 +62,9 @@ pub fn vsock_socket(pod_dir: &Path) -> PathBuf {
 /// Where the agent's "serving" signal arrives: husk-vmm forwards the guest's connection to
 /// host port [`husk_protocol::AGENT_READY_PORT`] to `<vsock socket>_<port>`.
 pub fn ready_socket(pod_dir: &Path) -> PathBuf {
-    pod_dir.join(format!("vsock.sock_{}", husk_protocol::AGENT_READY_PORT))
+    let mut p = vsock_socket(pod_dir).into_os_string();
+    p.push(format!("_{}", husk_protocol::AGENT_READY_PORT));
+    p.into()
 }
 /// How often the shim tries the agent before the agent said it serves (an agent that
 /// never says so is still found, only later). After the signal: at once.

@@ -143,31 +143,27 @@ async fn boots_when_the_agent_answers_and_stops() {
     assert!(gone(pid) && gone(fsd), "vmm and virtiofsd reaped");
 }
 
-/// vmm stand-in whose agent says when it serves: 0.3 s after start it connects to the
+/// [`FAKE_VMM`] whose agent says when it serves: 0.3 s after it listens it connects to the
 /// ready socket (`<vsock socket>_1025`), then serves the handshake.
-const FAKE_VMM_READY: &str = r#"#!/usr/bin/env python3
-import json, socket, sys, time
-cfg = json.load(open(sys.argv[3]))
-path = cfg["vsock"]["socket"]
-s = socket.socket(socket.AF_UNIX)
-s.bind(path)
-s.listen(4)
-time.sleep(0.3)
-r = socket.socket(socket.AF_UNIX)
-r.connect(path + "_1025")
-r.close()
-conns = []
-while True:
-    c, _ = s.accept()
-    line = c.recv(64)
-    assert line == b"CONNECT 1024\n", line
-    c.sendall(b"OK 1073741824\n")
-    conns.append(c)
-"#;
+fn fake_vmm_that_signals_ready() -> String {
+    const LISTEN: &str = "s.listen(4)\n";
+    assert!(FAKE_VMM.contains(LISTEN));
+    FAKE_VMM.replacen(
+        LISTEN,
+        concat!(
+            "s.listen(4)\n",
+            "time.sleep(0.3)\n",
+            "r = socket.socket(socket.AF_UNIX)\n",
+            "r.connect(cfg[\"vsock\"][\"socket\"] + \"_1025\")\n",
+            "r.close()\n",
+        ),
+        1,
+    )
+}
 
 #[tokio::test]
 async fn the_agents_ready_signal_ends_the_wait_at_once() {
-    let (_d, mut vmm, req) = setup(FAKE_VMM_READY, FAKE_VIRTIOFSD);
+    let (_d, mut vmm, req) = setup(&fake_vmm_that_signals_ready(), FAKE_VIRTIOFSD);
     // Without the signal the first poll would come after the boot timeout (2 s).
     vmm.poll_before_ready = Duration::from_secs(60);
     let t = Instant::now();
