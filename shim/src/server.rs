@@ -197,7 +197,7 @@ pub fn delete_with(flags: &Flags, cfg: &Config) -> Result<DeleteResponse, BootEr
     let bundle = bundle_dir(flags)?;
     let share = MountShare::new(HostMounts);
     match BundleSpec::load(&bundle) {
-        Ok(spec) => {
+        Ok(mut spec) => {
             let role = PodRole::of(&flags.id, &spec);
             let pod_dir = cfg.state_dir.join(role.pod_id());
             share.unshare(&pod_dir, &flags.id, &bundle)?;
@@ -207,6 +207,14 @@ pub fn delete_with(flags: &Flags, cfg: &Config) -> Result<DeleteResponse, BootEr
                 }
                 share.cleanup_pod(&pod_dir)?;
                 remove_pod_dir(&pod_dir);
+                // The tap and redirects of the pod's network namespace (CNI tears down the
+                // namespace later, but until then they would stay).
+                let ns = crate::network::namespaces::rewrite_for_guest(&role, &mut spec);
+                if let Some(netns) = ns.host_netns.filter(|p| p.exists()) {
+                    if let Err(e) = crate::network::detach_leftover(&netns) {
+                        log::warn!("pod {}: {e}", role.pod_id());
+                    }
+                }
             }
         }
         Err(_) => {

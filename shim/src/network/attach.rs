@@ -1,7 +1,8 @@
 //! One pod's network, attached and detached: inside the pod's namespace, find its
 //! interface, make the tap (same MTU, up) and the two redirects. A failure part-way undoes
 //! what was done. Detach removes the redirects' qdiscs and the tap, leaving the namespace
-//! as CNI made it.
+//! as CNI made it; after a shim that was killed, [`detach_leftover`] does it from the
+//! namespace alone.
 
 use std::path::{Path, PathBuf};
 
@@ -112,6 +113,27 @@ pub fn detach(net: &PodNetwork) -> Result<(), NetError> {
         let first = match link_index(&handle, &veth_name).await? {
             Some(i) if i == veth => tc::remove_ingress(&handle, veth).await,
             _ => Ok(()),
+        };
+        let second = delete_tap(&handle).await;
+        first.and(second)
+    })
+}
+
+/// Detach without the [`PodNetwork`] of the attach: for `shim delete` after a shim that was
+/// killed. The tap is found by name and the veth as attach found it. A namespace without
+/// the tap is left alone: husk never attached it (or detached already), so an ingress
+/// qdisc on its veth is not husk's.
+pub fn detach_leftover(netns: &Path) -> Result<(), NetError> {
+    netns::block_in(netns, || async {
+        let handle = connect()?;
+        if link_index(&handle, TAP_NAME).await?.is_none() {
+            return Ok(());
+        }
+        let first = match discover::discover(&handle, TAP_NAME).await {
+            Ok(veth) => tc::remove_ingress(&handle, veth.index).await,
+            // only the tap and loopback: nothing to unhook
+            Err(NetError::NoInterface) => Ok(()),
+            Err(e) => Err(e),
         };
         let second = delete_tap(&handle).await;
         first.and(second)

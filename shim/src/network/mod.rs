@@ -25,7 +25,7 @@ pub mod tc;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-pub use attach::{attach, detach};
+pub use attach::{attach, detach, detach_leftover};
 
 /// The tap's name inside the pod's namespace (one per namespace, so a fixed name).
 pub const TAP_NAME: &str = "husk_tap0";
