@@ -148,17 +148,13 @@ async fn boots_when_the_agent_answers_and_stops() {
 fn fake_vmm_that_signals_ready() -> String {
     const LISTEN: &str = "s.listen(4)\n";
     assert!(FAKE_VMM.contains(LISTEN));
-    FAKE_VMM.replacen(
-        LISTEN,
-        concat!(
-            "s.listen(4)\n",
-            "time.sleep(0.3)\n",
-            "r = socket.socket(socket.AF_UNIX)\n",
-            "r.connect(cfg[\"vsock\"][\"socket\"] + \"_1025\")\n",
-            "r.close()\n",
-        ),
-        1,
-    )
+    let signal = concat!(
+        "time.sleep(0.3)\n",
+        "r = socket.socket(socket.AF_UNIX)\n",
+        "r.connect(cfg[\"vsock\"][\"socket\"] + \"_1025\")\n",
+        "r.close()\n",
+    );
+    FAKE_VMM.replacen(LISTEN, &format!("{LISTEN}{signal}"), 1)
 }
 
 #[tokio::test]
