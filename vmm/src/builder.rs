@@ -40,27 +40,27 @@ type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
     UnsuitableKvm(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Memory(#[from] crate::memory::MemoryError),
-    #[error("{0}")]
+    #[error(transparent)]
     Vm(#[from] crate::vm::VmError),
-    #[error("{0}")]
+    #[error(transparent)]
     Boot(#[from] boot::BootError),
-    #[error("{0}")]
+    #[error(transparent)]
     Regs(#[from] regs::RegsError),
-    #[error("{0}")]
+    #[error(transparent)]
     MpTable(#[from] mptable::MpTableError),
-    #[error("{0}")]
+    #[error(transparent)]
     Vcpu(#[from] crate::vcpu::VcpuError),
-    #[error("{0}")]
+    #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
-    #[error("{0}")]
+    #[error(transparent)]
     Block(#[from] crate::devices::virtio::blk::device::BlockError),
-    #[error("{0}")]
+    #[error(transparent)]
     Vsock(#[from] crate::devices::virtio::vsock::VsockError),
     #[error("{what}: {err}")]
     Io {
@@ -74,15 +74,15 @@ pub enum VmmError {
     },
     #[error("kernel command line: {0}")]
     Cmdline(linux_loader::cmdline::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Bus(#[from] crate::bus::BusError),
     #[error("too many virtio devices: no IRQ left for device {0}")]
     NoIrq(usize),
     #[error("{0}")]
     Event(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Fs(#[from] crate::devices::virtio::fs::FsError),
-    #[error("{0}")]
+    #[error(transparent)]
     Net(#[from] crate::devices::virtio::net::NetError),
 }
 

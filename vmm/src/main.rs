@@ -119,7 +119,18 @@ fn config(a: Box<RunArgs>) -> Result<VmConfig> {
     Ok(c)
 }
 
-fn main() -> Result<()> {
+/// Errors end the process with one line, `husk-vmm: error: <cause>: <cause>...`, and
+/// status 1. Returning them from `main` would print anyhow's multi-line report, and with
+/// RUST_BACKTRACE set a backtrace after it: the shim quotes the last line of this log to
+/// containerd, which then named a stack frame instead of the missing kernel.
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("husk-vmm: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Check => {
             let findings = husk_vmm::check::run(&husk_vmm::check::RealHost);
