@@ -251,6 +251,17 @@ fn container_lifecycle_with_stdio_exec_and_signals() {
     c.remove_container(ctx(), &cr).unwrap();
     assert_eq!(code(c.start_container(ctx(), &cr)), ttrpc::Code::NOT_FOUND);
 
+    // A create that fails in the engine (here: no such program, which runc also reports
+    // at create) is an error naming the cause, and leaves nothing behind.
+    let r = creq("bad", &spec(&root, &["/no/such/program"]));
+    let err = c.create_container(ctx(), &r).unwrap_err().to_string();
+    assert!(
+        err.contains("/no/such/program") && err.contains("not found"),
+        "{err}"
+    );
+    cr.container_id = "bad".into();
+    assert_eq!(code(c.start_container(ctx(), &cr)), ttrpc::Code::NOT_FOUND);
+
     // 2. a long-running container: exec into it, then kill it.
     let mut r = creq("c2", &spec(&root, &["sleep", "100"]));
     r.stdio = stdio(false);
