@@ -96,37 +96,13 @@ pub fn mount_base() -> Result<(), InitError> {
     Ok(())
 }
 
-/// Brings the loopback interface up.
+/// Brings the guest's loopback interface up.
 pub fn loopback_up() -> Result<(), InitError> {
-    let err = |e: std::io::Error| InitError {
+    crate::engine::loopback::up().map_err(|source| InitError {
         step: "loopback",
         path: "lo".into(),
-        source: e,
-    };
-    // SAFETY: plain socket creation; the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(err(std::io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` was just created and is owned only here.
-    let sock = unsafe { crate::engine::syscall_own_fd(fd) };
-    // SAFETY: ifreq is plain data; zeroed is valid.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
-        *d = *s as libc::c_char;
-    }
-    use std::os::fd::AsRawFd;
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `ifr`, which lives across the calls.
-    unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) != 0 {
-            return Err(err(std::io::Error::last_os_error()));
-        }
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) != 0 {
-            return Err(err(std::io::Error::last_os_error()));
-        }
-    }
-    Ok(())
+        source,
+    })
 }
 
 /// pivot_root refuses a caller whose root is the initial ramfs (the root mount has no

@@ -93,6 +93,8 @@ check killed-by-signal 's["process"]["args"]=["sh","-c","kill -9 $$"]'
 check no-such-binary 's["process"]["args"]=["/nope"]; s["process"]["args"]=["/nope"]' 2>/dev/null || true
 check sysctl 's["linux"]["sysctl"]={"net.ipv4.ip_forward":"1","kernel.shm_rmid_forced":"1"}; s["process"]["args"][2]="cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shm_rmid_forced"'
 check oom-score-adj 's["process"]["oomScoreAdj"]=123; s["process"]["args"][2]="cat /proc/self/oom_score_adj"'
+# A new network namespace comes with its loopback up (runc's "loopback" network strategy).
+check loopback-netns 's["process"]["args"][2]="cat /sys/class/net/lo/flags; ping -c1 -W1 127.0.0.1 >/dev/null 2>&1; echo ping=$?"'
 check devices 's["linux"]["devices"]=[{"path":"/dev/fuse","type":"c","major":10,"minor":229,"fileMode":432,"uid":0,"gid":0}]; s["process"]["args"][2]="ls -ln /dev/fuse | cut -d\" \" -f1,5-7"'
 
 # Hooks: each kind runs once, in order, with the state on stdin (poststop after delete).

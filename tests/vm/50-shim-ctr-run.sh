@@ -19,12 +19,15 @@ guest_kernel=$(ctr_run t-uname /bin/uname -r </dev/null)
 echo "host kernel $host_kernel, guest kernel $guest_kernel"
 [ -n "$guest_kernel" ] && [ "$guest_kernel" != "$host_kernel" ] || fail "the container did not run on husk's kernel"
 
-# the VM is sized from the limits: 2 CPUs, 256 MiB (+ the guest's overhead)
-out=$(ctr_run t-size --cpus 2 --memory-limit 268435456 /bin/sh -c 'nproc; grep MemTotal /proc/meminfo' </dev/null)
+# the VM is sized from the limits: 2 CPUs, 256 MiB (+ the guest's overhead); the
+# container's own network namespace has its loopback up (flags 0x9, UP|LOOPBACK), as runc
+# gives it
+out=$(ctr_run t-size --cpus 2 --memory-limit 268435456 /bin/sh -c 'nproc; grep MemTotal /proc/meminfo; echo lo=$(cat /sys/class/net/lo/flags)' </dev/null)
 echo "sized pod sees: $(echo $out)"
 [ "$(echo "$out" | head -1)" = 2 ] || fail "nproc in a --cpus 2 pod: $out"
 memkb=$(echo "$out" | awk '/MemTotal/ {print $2}')
 [ "$memkb" -ge $((200 * 1024)) ] && [ "$memkb" -le $((320 * 1024)) ] || fail "MemTotal ${memkb} kB for a 256 MiB limit"
+echo "$out" | grep -qx 'lo=0x9' || fail "the container's loopback is not up: $out"
 
 set +e
 ctr_run t-exit1 /bin/sh -c 'exit 1' </dev/null; rc1=$?

@@ -195,6 +195,9 @@ pub fn build_init(
         new_cgroupns: ns
             .iter()
             .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none()),
+        new_netns: ns
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none()),
         sysctl: linux
             .sysctl()
             .clone()

@@ -9,6 +9,7 @@ pub mod container;
 pub mod devices;
 pub mod exec;
 pub mod hooks;
+pub mod loopback;
 pub mod paths;
 pub mod process;
 pub mod rootfs;

@@ -32,6 +32,8 @@ pub struct InitConfig {
     pub new_userns: bool,
     /// A new cgroup namespace is created (after the cgroup is joined).
     pub new_cgroupns: bool,
+    /// A new network namespace is created: init brings its loopback up, as runc does.
+    pub new_netns: bool,
     /// sysctls.
     pub sysctl: Vec<(String, String)>,
     /// rlimits.
@@ -185,6 +187,9 @@ fn init_until_ready(cfg: &InitConfig, sync: &mut UnixStream) -> Result<(), InitE
     }
     if cfg.new_cgroupns {
         nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(fail("unshare cgroup"))?;
+    }
+    if cfg.new_netns {
+        super::loopback::up().map_err(fail("loopback up"))?;
     }
     nix::unistd::setsid().map_err(fail("setsid"))?;
     // Device nodes and mount points get exactly the modes the spec asks for.
