@@ -365,3 +365,57 @@ fn terminal_container_gets_a_pty_with_its_size() {
     );
     c.remove_container(ctx(), &cr).unwrap();
 }
+
+#[test]
+fn a_container_joins_another_ones_pid_namespace_through_the_agents_handle() {
+    let Some(bb) = can_run_containers() else {
+        return;
+    };
+    let (srv, c) = start_server("pidns");
+    let root = rootfs(&srv.dir, &bb);
+    let mut r = creq("pns-sandbox", &spec(&root, &["sleep", "100"]));
+    r.stdio = stdio(false);
+    c.create_container(ctx(), &r).unwrap();
+    let mut sandbox = ContainerRequest::new();
+    sandbox.container_id = "pns-sandbox".into();
+    c.start_container(ctx(), &sandbox).unwrap();
+    // What the shim sends for a pod member with shareProcessNamespace.
+    let handle = husk_protocol::shared_pid_ns_path("pns-sandbox");
+    let mut sp: serde_json::Value = serde_json::from_slice(&spec(
+        &root,
+        &["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline"],
+    ))
+    .unwrap();
+    sp["linux"]["namespaces"][0] = serde_json::json!({"type": "pid", "path": handle});
+    let mut r = creq("pns-member", &serde_json::to_vec(&sp).unwrap());
+    r.stdio = stdio(false);
+    c.create_container(ctx(), &r).unwrap();
+    assert!(Path::new(&handle).exists(), "no handle at {handle}");
+    let mut member = ContainerRequest::new();
+    member.container_id = "pns-member".into();
+    c.start_container(ctx(), &member).unwrap();
+    let out = String::from_utf8(read_all(&c, "pns-member", "", OutputStream::STDOUT)).unwrap();
+    assert_eq!(
+        out, "sleep 100 ",
+        "the member's pid 1 is the sandbox's init"
+    );
+    c.wait_process(ctx(), &proc_req("pns-member", "")).unwrap();
+    c.remove_container(ctx(), &member).unwrap();
+    // A handle naming a container that does not exist is refused.
+    sp["linux"]["namespaces"][0] = serde_json::json!({"type": "pid",
+        "path": husk_protocol::shared_pid_ns_path("pns-nobody")});
+    let mut r = creq("pns-orphan", &serde_json::to_vec(&sp).unwrap());
+    r.stdio = stdio(false);
+    assert_eq!(code(c.create_container(ctx(), &r)), ttrpc::Code::NOT_FOUND);
+    let mut sig = SignalProcessRequest::new();
+    sig.container_id = "pns-sandbox".into();
+    sig.signal = 9;
+    c.signal_process(ctx(), &sig).unwrap();
+    c.wait_process(ctx(), &proc_req("pns-sandbox", "")).unwrap();
+    c.remove_container(ctx(), &sandbox).unwrap();
+    assert!(
+        !Path::new(&handle).exists(),
+        "the handle outlived its container"
+    );
+    drop(srv);
+}

@@ -14,6 +14,17 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// `<vsock socket>_1025`.
 pub const AGENT_READY_PORT: u32 = 1025;
 
+/// Where the agent keeps a handle (an nsfs bind mount) on a container's pid namespace, for
+/// the pod's other containers to join: Kubernetes' `shareProcessNamespace`. The shim names
+/// the sandbox's file here in a member's spec, in place of containerd's host path
+/// `/proc/<sandbox pid>/ns/pid`; the agent makes it on the first create that names it.
+pub const SHARED_PID_NS_DIR: &str = "/run/husk-agent/pidns";
+
+/// The path of container `id`'s shared pid namespace (see [`SHARED_PID_NS_DIR`]).
+pub fn shared_pid_ns_path(id: &str) -> String {
+    format!("{SHARED_PID_NS_DIR}/{id}")
+}
+
 /// Protobuf messages of the agent API.
 #[allow(clippy::all, clippy::unwrap_used, clippy::undocumented_unsafe_blocks)]
 #[allow(missing_docs, unused, nonstandard_style)]

@@ -47,6 +47,8 @@ fi
 # the pod's hostname is the pod's in both containers
 h=$(cri_exec "$cli" hostname)
 [ "$h" = web ] || fail "hostname in cli is '$h', want web"
+# without shareProcessNamespace each container has a pid namespace of its own
+cri_exec "$cli" ps -o args | grep -q '[h]ttpd' && fail "cli sees srv's httpd in a pod that does not share pids"
 
 cri pod-rm "$pod" || fail "StopPodSandbox/RemovePodSandbox"
 sleep 1
@@ -54,3 +56,18 @@ pgrep -f "$vmm run --config $rundir" && fail "a husk-vmm is still running after 
 pgrep -f "containerd-shim-husk-v2.*$pod" && fail "the pod's shim is still running"
 grep -q "$rundir" /proc/mounts && fail "mounts left under $rundir"
 echo "CRI: pod sandbox (handler husk) with two containers sharing the VM and localhost: ok"
+
+# shareProcessNamespace: the containers join the sandbox's pid namespace in the guest, so
+# each sees the other's processes and the pause process is their pid 1
+pod=$(cri pod-run shared --share-pid --handler husk --log-dir "$w/podlogs/shared") || fail "RunPodSandbox (shared pids)"
+cri_track "$pod"
+a=$(cri ctr-run --share-pid "$pod" shared a "$CRI_IMAGE" --log-dir "$w/podlogs/shared" -- sleep 4242) \
+  || fail "CreateContainer a (shared pids)"
+b=$(cri ctr-run --share-pid "$pod" shared b "$CRI_IMAGE" --log-dir "$w/podlogs/shared" -- sleep 100000) \
+  || fail "CreateContainer b (shared pids)"
+seen=$(cri_exec "$b" ps -o pid,args) || fail "ps in b"
+say "b sees: $(echo "$seen" | tr '\n' ';')"
+echo "$seen" | grep -q '[s]leep 4242' || fail "b does not see a's process in a pod that shares pids"
+echo "$seen" | grep -qE '^ *1 +sleep 2147483647' || fail "pid 1 of the shared namespace is not the pause process"
+cri pod-rm "$pod" || fail "StopPodSandbox/RemovePodSandbox (shared pids)"
+echo "CRI: a pod with shareProcessNamespace: ok"

@@ -53,6 +53,16 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CoreError {
     move |source| CoreError::Io { what, source }
 }
 
+/// Drops container `id`'s pid namespace handle, if a member ever made one (best effort:
+/// the mount goes lazily, and a member still running keeps the namespace alive).
+fn unshare_pid_namespace(id: &str) {
+    let path = husk_protocol::shared_pid_ns_path(id);
+    if std::path::Path::new(&path).exists() {
+        let _ = nix::mount::umount2(path.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
 /// Where the agent keeps things and how it runs.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -171,6 +181,7 @@ impl AgentCore {
         if lock(&self.containers).contains_key(id) {
             return Err(CoreError::Exists(format!("container {id}")));
         }
+        self.share_pid_namespace(&sp)?;
         let bundle = self.bundle(id);
         let _ = std::fs::remove_dir_all(&bundle);
         std::fs::create_dir_all(&bundle).map_err(io("bundle dir"))?;
@@ -343,6 +354,7 @@ impl AgentCore {
         // A kill that happened since the last poll is reported before the cgroup goes.
         self.check_oom(&c);
         container::delete_with(&self.state_root(), id, true, self.reaper.as_ref())?;
+        unshare_pid_namespace(id);
         let _ = std::fs::remove_dir_all(self.bundle(id));
         lock(&self.containers).remove(id);
         self.reaper.forget(c.pid);
@@ -350,6 +362,56 @@ impl AgentCore {
             self.reaper.forget(e.pid);
         }
         Ok(())
+    }
+
+    /// A spec that joins the pid namespace under [`husk_protocol::SHARED_PID_NS_DIR`] of
+    /// another container of the pod (the shim's rewrite of `shareProcessNamespace`): makes
+    /// that handle, a bind mount of the container's `/proc/<init>/ns/pid`, if it is not
+    /// there yet. The handle holds the namespace itself, so a recycled pid can never make
+    /// a later member join some other process's namespace. Any other pid path is the
+    /// engine's to open as it is.
+    fn share_pid_namespace(&self, sp: &oci_spec::runtime::Spec) -> Result<(), CoreError> {
+        use oci_spec::runtime::LinuxNamespaceType;
+        let path = sp
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Pid))
+            .and_then(|n| n.path().clone());
+        let Some(path) = path else {
+            return Ok(());
+        };
+        let Ok(rest) = path.strip_prefix(husk_protocol::SHARED_PID_NS_DIR) else {
+            return Ok(());
+        };
+        let owner = rest.to_str().unwrap_or_default();
+        check_id("pid namespace owner", owner)?;
+        if path.exists() {
+            return Ok(());
+        }
+        let c = self.get(owner)?;
+        if self.reaper.try_status(c.pid).is_some() {
+            return Err(CoreError::State(format!(
+                "container {owner} has exited: its pid namespace cannot be joined"
+            )));
+        }
+        std::fs::create_dir_all(husk_protocol::SHARED_PID_NS_DIR).map_err(io("pidns dir"))?;
+        std::fs::write(&path, b"").map_err(io("pidns handle"))?;
+        let src = format!("/proc/{}/ns/pid", c.pid);
+        nix::mount::mount(
+            Some(src.as_str()),
+            &path,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            CoreError::Io {
+                what: format!("bind {src}"),
+                source: e.into(),
+            }
+        })
     }
 
     /// The container's cgroup, or an error saying there is none.

@@ -10,8 +10,11 @@
 //!   a path (a `ctr run` container) stays: a new, loopback-only namespace, as under runc.
 //! - a CRI member's `network`, `ipc` and `uts` entries (all paths to the sandbox) are
 //!   removed: it shares the guest's root ones, whose hostname is the pod's.
-//! - a `pid` path (a pod sharing its process namespace) becomes a new pid namespace:
-//!   sharing the sandbox's pid namespace inside the VM is not supported yet (logged).
+//! - a CRI member's `pid` path (a pod that shares its process namespace, Kubernetes'
+//!   `shareProcessNamespace`) names the sandbox's pid namespace: it becomes the agent's
+//!   handle on the sandbox container's pid namespace in the guest
+//!   ([`husk_protocol::shared_pid_ns_path`]), which the member then joins. Any other
+//!   `pid` path becomes a new pid namespace (logged).
 
 use std::path::PathBuf;
 
@@ -53,6 +56,15 @@ pub fn rewrite_for_guest(role: &PodRole, spec: &mut BundleSpec) -> GuestNamespac
                 }
             }
             ("network" | "ipc" | "uts", _) if member => {}
+            ("pid", Some(_)) if member => {
+                if let Some(o) = ns.as_object_mut() {
+                    o.insert(
+                        "path".into(),
+                        husk_protocol::shared_pid_ns_path(role.pod_id()).into(),
+                    );
+                }
+                kept.push(ns);
+            }
             ("pid", Some(p)) => {
                 log::warn!(
                     "pid namespace {} is not shared inside the VM: the container gets its own",
@@ -137,13 +149,21 @@ mod tests {
     }
 
     #[test]
-    fn shared_pid_namespace_becomes_a_new_one() {
+    fn a_member_sharing_the_pods_pid_namespace_joins_the_sandboxs_in_the_guest() {
         let mut s = spec(
             r#"{"linux":{"namespaces":[{"type":"pid","path":"/proc/77/ns/pid"},{"type":"cgroup","path":"/proc/1/ns/cgroup"}]}}"#,
         );
         let role = PodRole::Member { pod_id: "p".into() };
         rewrite_for_guest(&role, &mut s);
-        assert_eq!(kinds(&s), ["pid", "cgroup"]);
+        assert_eq!(kinds(&s), ["pid=/run/husk-agent/pidns/p", "cgroup"]);
+    }
+
+    #[test]
+    fn another_pid_path_becomes_a_new_pid_namespace() {
+        let mut s = spec(r#"{"linux":{"namespaces":[{"type":"pid","path":"/proc/77/ns/pid"}]}}"#);
+        let role = PodRole::Single { pod_id: "c".into() };
+        rewrite_for_guest(&role, &mut s);
+        assert_eq!(kinds(&s), ["pid"]);
     }
 
     #[test]

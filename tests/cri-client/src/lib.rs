@@ -56,6 +56,8 @@ pub struct PodSpec {
     pub log_dir: String,
     /// Whether the pod uses the node's network namespace (no CNI, no netns).
     pub host_network: bool,
+    /// Whether the pod's containers share one pid namespace (`shareProcessNamespace`).
+    pub share_pid: bool,
 }
 
 impl PodSpec {
@@ -65,6 +67,17 @@ impl PodSpec {
             namespace: "husk-test".into(),
             log_dir: String::new(),
             host_network: false,
+            share_pid: false,
+        }
+    }
+
+    /// The pid namespace mode of the pod and of each of its containers, as the kubelet
+    /// sets it.
+    pub fn pid_mode(&self) -> i32 {
+        if self.share_pid {
+            ns_mode::POD
+        } else {
+            ns_mode::CONTAINER
         }
     }
 }
@@ -91,7 +104,7 @@ pub fn sandbox_config(spec: &PodSpec) -> cri::PodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(cri::NamespaceOption {
                     network,
-                    pid: ns_mode::CONTAINER,
+                    pid: spec.pid_mode(),
                     ipc: ns_mode::POD,
                     ..Default::default()
                 }),
@@ -317,6 +330,19 @@ mod tests {
             .expect("namespace options");
         assert_eq!(ns.network, ns_mode::POD);
         assert_eq!(ns.pid, ns_mode::CONTAINER);
+    }
+
+    #[test]
+    fn a_pod_sharing_its_pid_namespace_says_so() {
+        let mut spec = PodSpec::new("s");
+        spec.share_pid = true;
+        let ns = sandbox_config(&spec)
+            .linux
+            .and_then(|l| l.security_context)
+            .and_then(|s| s.namespace_options)
+            .expect("namespace options");
+        assert_eq!(ns.pid, ns_mode::POD);
+        assert_eq!(spec.pid_mode(), ns_mode::POD);
     }
 
     #[test]

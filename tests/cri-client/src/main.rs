@@ -1,8 +1,8 @@
 //! `husk-cri`: the CRI client the VM tests drive, one CRI step per subcommand.
 //!
 //!   husk-cri -s SOCK version
-//!   husk-cri -s SOCK pod-run NAME [--handler husk] [--log-dir DIR]   -> pod id
-//!   husk-cri -s SOCK ctr-run POD_ID POD_NAME NAME IMAGE [CMD...]      -> container id
+//!   husk-cri -s SOCK pod-run NAME [--handler husk] [--log-dir DIR] [--share-pid] -> pod id
+//!   husk-cri -s SOCK ctr-run [--share-pid] POD_ID POD_NAME NAME IMAGE [CMD...] -> container id
 //!   husk-cri -s SOCK exec CONTAINER_ID CMD...   (stdout/stderr passed on, exit code too)
 //!   husk-cri -s SOCK pod-ip POD_ID | pod-state POD_ID | pod-rm POD_ID
 
@@ -37,6 +37,9 @@ enum Cmd {
         /// Use the node's network namespace.
         #[arg(long)]
         host_network: bool,
+        /// The pod's containers share one pid namespace (shareProcessNamespace).
+        #[arg(long)]
+        share_pid: bool,
     },
     /// Creates and starts a container in a pod; prints its id.
     CtrRun {
@@ -48,6 +51,9 @@ enum Cmd {
         command: Vec<String>,
         #[arg(long, default_value = "")]
         log_dir: String,
+        /// The pod was run with --share-pid.
+        #[arg(long)]
+        share_pid: bool,
     },
     /// Runs a command in a container (ExecSync); exits with its exit code.
     Exec {
@@ -79,10 +85,12 @@ async fn main() -> Result<()> {
             handler,
             log_dir,
             host_network,
+            share_pid,
         } => {
             let mut spec = PodSpec::new(&name);
             spec.log_dir = log_dir;
             spec.host_network = host_network;
+            spec.share_pid = share_pid;
             println!("{}", c.run_pod(&spec, &handler).await?);
         }
         Cmd::CtrRun {
@@ -92,10 +100,20 @@ async fn main() -> Result<()> {
             image,
             command,
             log_dir,
+            share_pid,
         } => {
             let mut spec = PodSpec::new(&pod_name);
             spec.log_dir = log_dir;
-            let cfg = container_config(&name, &image, &command);
+            spec.share_pid = share_pid;
+            let mut cfg = container_config(&name, &image, &command);
+            if let Some(ns) = cfg
+                .linux
+                .as_mut()
+                .and_then(|l| l.security_context.as_mut())
+                .and_then(|s| s.namespace_options.as_mut())
+            {
+                ns.pid = spec.pid_mode();
+            }
             println!("{}", c.run_container(&pod_id, &spec, cfg).await?);
         }
         Cmd::Exec {
