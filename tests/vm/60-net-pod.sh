@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Pod networking (issue 6) through containerd's CRI with the CNI bridge and host-local
-# plugins: a husk pod runs busybox httpd; the host namespace fetches the page from the
-# pod's IP; a second pod reaches the first; the pod reaches an address on the host bridge;
+# plugins, dual stack: a husk pod runs busybox httpd; the host namespace fetches the page
+# from the pod's IP; a second pod reaches the first, over IPv4 and IPv6; the host reaches
+# the pod over IPv6; the pod reaches an address on the host bridge;
 # the guest's eth0 has the MAC and MTU of the pod's veth; the tap and both redirects are
 # in place while the pod runs; 4 MiB cross intact each way.
 set -euo pipefail
@@ -90,8 +91,32 @@ say "pod peer ($ip_peer) fetched from pod web ($ip_web): '$page'"
 [ "$(cri_exec "$srv" cat /proc/sys/kernel/random/boot_id)" != "$(cri_exec "$cli" cat /proc/sys/kernel/random/boot_id)" ] \
   || fail "the two pods share a VM"
 
+# IPv6: the pod's global address (from the CNI's second range) is on the guest's eth0
+# with a default route via the bridge; the host and the other pod reach it (retried while
+# duplicate address detection still holds the address tentative)
+ip6_web=$(ip -n "$ns" -6 -o addr show dev eth0 scope global | awk '{print $4}' | cut -d/ -f1 | head -1)
+[[ "$ip6_web" == "$CRI_SUBNET6_PREFIX":* ]] || fail "pod web has no IPv6 address from the CNI (got '$ip6_web')"
+guest6=$(cri_exec "$srv" ip -6 addr show dev eth0)
+echo "$guest6" | grep -q "inet6 $ip6_web/64" || fail "the guest's eth0 lacks $ip6_web/64: $guest6"
+guest6_route=$(cri_exec "$srv" ip -6 route)
+echo "$guest6_route" | grep -q "default via ${CRI_SUBNET6_PREFIX}:1" || fail "no IPv6 default route via the bridge in the guest: $guest6_route"
+page=""
+for _ in $(seq 30); do
+  page=$(curl -g -s -m 5 "http://[$ip6_web]/index.html") && [ -n "$page" ] && break
+  sleep 0.3
+done
+say "host fetched from [$ip6_web]: '$page'"
+[ "$page" = "hello-from-web" ] || fail "host could not fetch the page from the pod over IPv6 (got '$page')"
+page=""
+for _ in $(seq 10); do
+  page=$(cri_get "$cli" "$ip6_web" 80 /index.html) && [ -n "$page" ] && break
+  sleep 0.3
+done
+say "pod peer fetched from pod web over IPv6: '$page'"
+[ "$page" = "hello-from-web" ] || fail "pod peer could not reach pod web over IPv6 (got '$page')"
+
 cri pod-rm "$peer" || fail "removing pod peer"
 cri pod-rm "$web" || fail "removing pod web"
 sleep 1
 pgrep -f "$vmm run --config $rundir" && fail "a husk-vmm is still running after the pods were removed"
-echo "pod networking: host -> pod, pod -> pod, pod -> host bridge, MAC/MTU, tap and redirects: ok"
+echo "pod networking: host -> pod, pod -> pod (IPv4 and IPv6), pod -> host bridge, MAC/MTU, tap and redirects: ok"

@@ -21,6 +21,8 @@ CRI_IMAGE=docker.io/library/busybox:husk
 CRI_PAUSE=husk.local/pause:1
 CRI_BRIDGE=huskcni0
 CRI_SUBNET_PREFIX=10.88.77
+# dual stack: every pod also gets an address from this unique-local IPv6 /64
+CRI_SUBNET6_PREFIX=fd00:4b:77:
 w=$(mktemp -d /tmp/husk-cri-test.XXXXXX)
 # The pod's sockets live under the state dir, named by the 64-character pod id: keep the
 # prefix short (a unix socket path has at most 107 bytes).
@@ -40,8 +42,9 @@ TOML
 cat > "$w/cni/10-husk.conflist" <<JSON
 {"cniVersion": "0.4.0", "name": "husk-test", "plugins": [
   {"type": "bridge", "bridge": "$CRI_BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$CRI_SUBNET_PREFIX.0/24"}]],
-            "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$w/cni-ipam"}}]}
+   "ipam": {"type": "host-local",
+            "ranges": [[{"subnet": "$CRI_SUBNET_PREFIX.0/24"}], [{"subnet": "$CRI_SUBNET6_PREFIX:/64"}]],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}], "dataDir": "$w/cni-ipam"}}]}
 JSON
 
 # start_containerd_cri: start_containerd's config with the CRI plugin on
