@@ -55,7 +55,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CoreError {
 
 /// Drops container `id`'s pid namespace handle, if a member ever made one (best effort:
 /// the mount goes lazily, and a member still running keeps the namespace alive).
-fn unshare_pid_namespace(id: &str) {
+fn drop_pid_namespace_handle(id: &str) {
     let path = husk_protocol::shared_pid_ns_path(id);
     if std::path::Path::new(&path).exists() {
         let _ = nix::mount::umount2(path.as_str(), nix::mount::MntFlags::MNT_DETACH);
@@ -354,7 +354,7 @@ impl AgentCore {
         // A kill that happened since the last poll is reported before the cgroup goes.
         self.check_oom(&c);
         container::delete_with(&self.state_root(), id, true, self.reaper.as_ref())?;
-        unshare_pid_namespace(id);
+        drop_pid_namespace_handle(id);
         let _ = std::fs::remove_dir_all(self.bundle(id));
         lock(&self.containers).remove(id);
         self.reaper.forget(c.pid);
@@ -369,7 +369,8 @@ impl AgentCore {
     /// that handle, a bind mount of the container's `/proc/<init>/ns/pid`, if it is not
     /// there yet. The handle holds the namespace itself, so a recycled pid can never make
     /// a later member join some other process's namespace. Any other pid path is the
-    /// engine's to open as it is.
+    /// engine's to open as it is. Two creates never race to make the same handle: the shim
+    /// sends a pod's creates one at a time.
     fn share_pid_namespace(&self, sp: &oci_spec::runtime::Spec) -> Result<(), CoreError> {
         use oci_spec::runtime::LinuxNamespaceType;
         let path = sp
