@@ -71,3 +71,18 @@ echo "$seen" | grep -q '[s]leep 4242' || fail "b does not see a's process in a p
 echo "$seen" | grep -qE '^ *1 +sleep 2147483647' || fail "pid 1 of the shared namespace is not the pause process"
 cri pod-rm "$pod" || fail "StopPodSandbox/RemovePodSandbox (shared pids)"
 echo "CRI: a pod with shareProcessNamespace: ok"
+
+# hostPID: the node's pid namespace has no meaning in the VM, and the guest's root one is
+# the agent's. The sandbox gets a pid namespace of its own, and containerd points the
+# members at the sandbox's, so the pod shares one (the pause process is its pid 1) and
+# nobody in it sees the agent
+pod=$(cri pod-run hostpid --host-pid --handler husk --log-dir "$w/podlogs/hostpid") || fail "RunPodSandbox (hostPID)"
+cri_track "$pod"
+hp=$(cri ctr-run --host-pid "$pod" hostpid c "$CRI_IMAGE" --log-dir "$w/podlogs/hostpid" -- sleep 100000) \
+  || fail "CreateContainer (hostPID)"
+seen=$(cri_exec "$hp" ps -o pid,args) || fail "ps in the hostPID container"
+say "the hostPID container sees: $(echo "$seen" | tr '\n' ';')"
+echo "$seen" | grep -qE '^ *1 +sleep 2147483647' || fail "pid 1 of a hostPID pod is not its pause process"
+echo "$seen" | grep -q '/init' && fail "a hostPID container sees the agent"
+cri pod-rm "$pod" || fail "StopPodSandbox/RemovePodSandbox (hostPID)"
+echo "CRI: a hostPID pod gets a pid namespace of its own, not the agent's: ok"

@@ -15,6 +15,10 @@
 //!   handle on the sandbox container's pid namespace in the guest
 //!   ([`husk_protocol::shared_pid_ns_path`]), which the member then joins. Any other
 //!   `pid` path becomes a new pid namespace (logged).
+//! - a spec with no `pid` entry (hostPID) gets a new pid namespace (logged): the guest's
+//!   root pid namespace is the agent's, and no container may see or signal the agent. In a
+//!   hostPID pod that is the sandbox; containerd points its members at the sandbox's pid
+//!   namespace, which the rule above then shares.
 
 use std::path::PathBuf;
 
@@ -88,6 +92,16 @@ pub fn rewrite_for_guest(role: &PodRole, spec: &mut BundleSpec) -> GuestNamespac
             _ => kept.push(ns),
         }
     }
+    if !kept
+        .iter()
+        .any(|ns| ns.get("type").and_then(Value::as_str) == Some("pid"))
+    {
+        log::warn!(
+            "the spec shares the host's pid namespace (hostPID): inside the VM that would be \
+             the agent's, so the container gets a pid namespace of its own"
+        );
+        kept.push(serde_json::json!({"type": "pid"}));
+    }
     *list = kept;
     if member {
         // Without a UTS namespace of its own a hostname cannot be set (the pod's is the
@@ -159,6 +173,18 @@ mod tests {
     }
 
     #[test]
+    fn host_pid_becomes_a_pid_namespace_of_its_own() {
+        let mut s = spec(r#"{"linux":{"namespaces":[{"type":"mount"},{"type":"network"}]}}"#);
+        let role = PodRole::Single { pod_id: "c".into() };
+        rewrite_for_guest(&role, &mut s);
+        assert_eq!(kinds(&s), ["mount", "network", "pid"]);
+        let mut s = spec(r#"{"linux":{"namespaces":[{"type":"mount"}]}}"#);
+        let role = PodRole::Member { pod_id: "p".into() };
+        rewrite_for_guest(&role, &mut s);
+        assert_eq!(kinds(&s), ["mount", "pid"]);
+    }
+
+    #[test]
     fn another_pid_path_becomes_a_new_pid_namespace() {
         let mut s = spec(r#"{"linux":{"namespaces":[{"type":"pid","path":"/proc/77/ns/pid"}]}}"#);
         let role = PodRole::Single { pod_id: "c".into() };
@@ -171,11 +197,11 @@ mod tests {
         let mut s = spec(r#"{"linux":{"namespaces":[{"type":"network"},{"type":"mount"}]}}"#);
         let role = PodRole::Single { pod_id: "c".into() };
         assert_eq!(rewrite_for_guest(&role, &mut s), GuestNamespaces::default());
-        assert_eq!(kinds(&s), ["network", "mount"]);
+        assert_eq!(kinds(&s), ["network", "mount", "pid"]);
         let mut s = spec(r#"{"linux":{"namespaces":[{"type":"network","path":"/run/netns/n"}]}}"#);
         let g = rewrite_for_guest(&role, &mut s);
         assert_eq!(g.host_netns, Some(PathBuf::from("/run/netns/n")));
-        assert!(kinds(&s).is_empty());
+        assert_eq!(kinds(&s), ["pid"]);
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct PodSpec {
     pub host_network: bool,
     /// Whether the pod's containers share one pid namespace (`shareProcessNamespace`).
     pub share_pid: bool,
+    /// Whether the pod asks for the node's pid namespace (`hostPID`).
+    pub host_pid: bool,
 }
 
 impl PodSpec {
@@ -68,13 +70,16 @@ impl PodSpec {
             log_dir: String::new(),
             host_network: false,
             share_pid: false,
+            host_pid: false,
         }
     }
 
     /// The pid namespace mode of the pod and of each of its containers, as the kubelet
     /// sets it.
     pub fn pid_mode(&self) -> i32 {
-        if self.share_pid {
+        if self.host_pid {
+            ns_mode::NODE
+        } else if self.share_pid {
             ns_mode::POD
         } else {
             ns_mode::CONTAINER
@@ -343,6 +348,8 @@ mod tests {
             .expect("namespace options");
         assert_eq!(ns.pid, ns_mode::POD);
         assert_eq!(spec.pid_mode(), ns_mode::POD);
+        spec.host_pid = true;
+        assert_eq!(spec.pid_mode(), ns_mode::NODE);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `husk-cri`: the CRI client the VM tests drive, one CRI step per subcommand.
 //!
 //!   husk-cri -s SOCK version
-//!   husk-cri -s SOCK pod-run NAME [--handler husk] [--log-dir DIR] [--share-pid] -> pod id
-//!   husk-cri -s SOCK ctr-run [--share-pid] POD_ID POD_NAME NAME IMAGE [CMD...] -> container id
+//!   husk-cri -s SOCK pod-run NAME [--handler husk] [--log-dir DIR] [--share-pid|--host-pid] -> pod id
+//!   husk-cri -s SOCK ctr-run [--share-pid|--host-pid] POD_ID POD_NAME NAME IMAGE [CMD...] -> container id
 //!   husk-cri -s SOCK exec CONTAINER_ID CMD...   (stdout/stderr passed on, exit code too)
 //!   husk-cri -s SOCK pod-ip POD_ID | pod-state POD_ID | pod-rm POD_ID
 
@@ -40,6 +40,9 @@ enum Cmd {
         /// The pod's containers share one pid namespace (shareProcessNamespace).
         #[arg(long)]
         share_pid: bool,
+        /// The pod asks for the node's pid namespace (hostPID).
+        #[arg(long)]
+        host_pid: bool,
     },
     /// Creates and starts a container in a pod; prints its id.
     CtrRun {
@@ -54,6 +57,9 @@ enum Cmd {
         /// The pod was run with --share-pid.
         #[arg(long)]
         share_pid: bool,
+        /// The pod was run with --host-pid.
+        #[arg(long)]
+        host_pid: bool,
     },
     /// Runs a command in a container (ExecSync); exits with its exit code.
     Exec {
@@ -86,11 +92,13 @@ async fn main() -> Result<()> {
             log_dir,
             host_network,
             share_pid,
+            host_pid,
         } => {
             let mut spec = PodSpec::new(&name);
             spec.log_dir = log_dir;
             spec.host_network = host_network;
             spec.share_pid = share_pid;
+            spec.host_pid = host_pid;
             println!("{}", c.run_pod(&spec, &handler).await?);
         }
         Cmd::CtrRun {
@@ -101,10 +109,12 @@ async fn main() -> Result<()> {
             command,
             log_dir,
             share_pid,
+            host_pid,
         } => {
             let mut spec = PodSpec::new(&pod_name);
             spec.log_dir = log_dir;
             spec.share_pid = share_pid;
+            spec.host_pid = host_pid;
             let mut cfg = container_config(&name, &image, &command);
             if let Some(ns) = cfg
                 .linux
