@@ -121,8 +121,13 @@ pub fn sandbox_config(spec: &PodSpec) -> cri::PodSandboxConfig {
     }
 }
 
-/// A container of a test pod: `image` runs `command` (the image's entry when empty).
-pub fn container_config(name: &str, image: &str, command: &[String]) -> cri::ContainerConfig {
+/// A container of pod `pod`: `image` runs `command` (the image's entry when empty).
+pub fn container_config(
+    pod: &PodSpec,
+    name: &str,
+    image: &str,
+    command: &[String],
+) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: name.into(),
@@ -137,10 +142,11 @@ pub fn container_config(name: &str, image: &str, command: &[String]) -> cri::Con
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
                 // The container's own namespace options (the sandbox's do not apply):
-                // the pod's network and IPC, a pid namespace of its own.
+                // the pod's network and IPC, and the pid mode the pod asks for (the
+                // kubelet sets the same mode on the sandbox and on every container).
                 namespace_options: Some(cri::NamespaceOption {
                     network: ns_mode::POD,
-                    pid: ns_mode::CONTAINER,
+                    pid: pod.pid_mode(),
                     ipc: ns_mode::POD,
                     ..Default::default()
                 }),
@@ -317,6 +323,15 @@ impl CriClient {
 mod tests {
     use super::*;
 
+    /// The sandbox's namespace options for `spec`.
+    fn sandbox_ns(spec: &PodSpec) -> cri::NamespaceOption {
+        sandbox_config(spec)
+            .linux
+            .and_then(|l| l.security_context)
+            .and_then(|s| s.namespace_options)
+            .expect("namespace options")
+    }
+
     #[test]
     fn sandbox_config_is_deterministic_and_names_the_pod() {
         let mut spec = PodSpec::new("web");
@@ -328,11 +343,7 @@ mod tests {
         assert_eq!(md.uid, "husk-test-uid-web");
         assert_eq!(a.hostname, "web");
         assert_eq!(a.log_directory, "/tmp/logs");
-        let ns = a
-            .linux
-            .and_then(|l| l.security_context)
-            .and_then(|s| s.namespace_options)
-            .expect("namespace options");
+        let ns = sandbox_ns(&spec);
         assert_eq!(ns.network, ns_mode::POD);
         assert_eq!(ns.pid, ns_mode::CONTAINER);
     }
@@ -341,12 +352,7 @@ mod tests {
     fn a_pod_sharing_its_pid_namespace_says_so() {
         let mut spec = PodSpec::new("s");
         spec.share_pid = true;
-        let ns = sandbox_config(&spec)
-            .linux
-            .and_then(|l| l.security_context)
-            .and_then(|s| s.namespace_options)
-            .expect("namespace options");
-        assert_eq!(ns.pid, ns_mode::POD);
+        assert_eq!(sandbox_ns(&spec).pid, ns_mode::POD);
         assert_eq!(spec.pid_mode(), ns_mode::POD);
         spec.host_pid = true;
         assert_eq!(spec.pid_mode(), ns_mode::NODE);
@@ -356,17 +362,18 @@ mod tests {
     fn host_network_pod_uses_the_node_namespace() {
         let mut spec = PodSpec::new("h");
         spec.host_network = true;
-        let ns = sandbox_config(&spec)
-            .linux
-            .and_then(|l| l.security_context)
-            .and_then(|s| s.namespace_options)
-            .expect("namespace options");
-        assert_eq!(ns.network, ns_mode::NODE);
+        assert_eq!(sandbox_ns(&spec).network, ns_mode::NODE);
     }
 
     #[test]
     fn container_config_carries_image_and_command() {
-        let c = container_config("srv", "docker.io/library/busybox:husk", &["httpd".into()]);
+        let pod = PodSpec::new("web");
+        let c = container_config(
+            &pod,
+            "srv",
+            "docker.io/library/busybox:husk",
+            &["httpd".into()],
+        );
         assert_eq!(c.metadata.map(|m| m.name).as_deref(), Some("srv"));
         assert_eq!(
             c.image.map(|i| i.image).as_deref(),
@@ -380,6 +387,14 @@ mod tests {
             .and_then(|s| s.namespace_options)
             .expect("namespace options");
         assert_eq!(ns.pid, ns_mode::CONTAINER);
+        let mut shared = PodSpec::new("s");
+        shared.share_pid = true;
+        let pid = container_config(&shared, "a", "img", &[])
+            .linux
+            .and_then(|l| l.security_context)
+            .and_then(|s| s.namespace_options)
+            .map(|n| n.pid);
+        assert_eq!(pid, Some(ns_mode::POD));
     }
 
     #[tokio::test]

@@ -115,15 +115,7 @@ async fn main() -> Result<()> {
             spec.log_dir = log_dir;
             spec.share_pid = share_pid;
             spec.host_pid = host_pid;
-            let mut cfg = container_config(&name, &image, &command);
-            if let Some(ns) = cfg
-                .linux
-                .as_mut()
-                .and_then(|l| l.security_context.as_mut())
-                .and_then(|s| s.namespace_options.as_mut())
-            {
-                ns.pid = spec.pid_mode();
-            }
+            let cfg = container_config(&spec, &name, &image, &command);
             println!("{}", c.run_container(&pod_id, &spec, cfg).await?);
         }
         Cmd::Exec {
