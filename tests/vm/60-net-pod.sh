@@ -22,11 +22,7 @@ say "pod web: $ip_web"
 [[ "$ip_web" == "$CRI_SUBNET_PREFIX".* ]] || fail "pod IP '$ip_web' not in $CRI_SUBNET_PREFIX.0/24"
 
 # the host namespace fetches the page from the pod's IP
-page=""
-for _ in $(seq 30); do
-  page=$(curl -s -m 5 "http://$ip_web/index.html") && [ -n "$page" ] && break
-  sleep 0.3
-done
+page=$(retry_output 30 curl -s -m 5 "http://$ip_web/index.html")
 say "host fetched from $ip_web: '$page'"
 [ "$page" = "hello-from-web" ] || fail "host could not fetch the page from the pod (got '$page')"
 
@@ -58,11 +54,7 @@ echo "$guest_route" | grep -q "default via $CRI_SUBNET_PREFIX.1" || fail "no def
 # the pod reaches an address on the host bridge (an httpd in the host namespace there)
 mkdir -p "$w/www" && echo hello-from-host > "$w/www/index.html"
 busybox httpd -f -p "$CRI_SUBNET_PREFIX.1:8099" -h "$w/www" & echo $! > "$w/hosthttpd.pid"
-page=""
-for _ in $(seq 10); do
-  page=$(cri_get "$srv" "$CRI_SUBNET_PREFIX.1" 8099 /index.html) && [ -n "$page" ] && break
-  sleep 0.3
-done
+page=$(retry_output 10 cri_get "$srv" "$CRI_SUBNET_PREFIX.1" 8099 /index.html)
 say "pod fetched from the host bridge $CRI_SUBNET_PREFIX.1: '$page'"
 [ "$page" = "hello-from-host" ] || fail "the pod could not reach the host bridge (got '$page')"
 
@@ -100,18 +92,10 @@ guest6=$(cri_exec "$srv" ip -6 addr show dev eth0)
 echo "$guest6" | grep -q "inet6 $ip6_web/64" || fail "the guest's eth0 lacks $ip6_web/64: $guest6"
 guest6_route=$(cri_exec "$srv" ip -6 route)
 echo "$guest6_route" | grep -q "default via ${CRI_SUBNET6_PREFIX}:1" || fail "no IPv6 default route via the bridge in the guest: $guest6_route"
-page=""
-for _ in $(seq 30); do
-  page=$(curl -g -s -m 5 "http://[$ip6_web]/index.html") && [ -n "$page" ] && break
-  sleep 0.3
-done
+page=$(retry_output 30 curl -g -s -m 5 "http://[$ip6_web]/index.html")
 say "host fetched from [$ip6_web]: '$page'"
 [ "$page" = "hello-from-web" ] || fail "host could not fetch the page from the pod over IPv6 (got '$page')"
-page=""
-for _ in $(seq 10); do
-  page=$(cri_get "$cli" "$ip6_web" 80 /index.html) && [ -n "$page" ] && break
-  sleep 0.3
-done
+page=$(retry_output 10 cri_get "$cli" "$ip6_web" 80 /index.html)
 say "pod peer fetched from pod web over IPv6: '$page'"
 [ "$page" = "hello-from-web" ] || fail "pod peer could not reach pod web over IPv6 (got '$page')"
 

@@ -82,6 +82,16 @@ cri_exec() { local id=$1; shift; CRI_TIMEOUT=150 cri exec --timeout 120 "$id" "$
 cri_get() {
   cri_exec "$1" sh -c 'printf "GET $2 HTTP/1.0\r\n\r\n" | nc -w 10 "$0" "$1"' "$2" "$3" "$4" | tail -n 1
 }
+# retry_output TRIES CMD...: runs CMD (0.3 s apart, at most TRIES times) until it succeeds
+# with output, and prints the last output it gave (for the failure message when none did)
+retry_output() {
+  local tries=$1 out="" _; shift
+  for _ in $(seq "$tries"); do
+    out=$("$@") && [ -n "$out" ] && break
+    sleep 0.3
+  done
+  printf '%s\n' "$out"
+}
 # say MSG: a progress line with the test's elapsed seconds
 say() { echo "[$SECONDS s] $*"; }
 
