@@ -173,6 +173,28 @@ fn spec(root: &Path, args: &[&str]) -> Vec<u8> {
     .unwrap()
 }
 
+/// A create request whose process gets stdout and stderr pipes and no stdin.
+fn creq_out(id: &str, spec: &[u8]) -> CreateContainerRequest {
+    let mut r = creq(id, spec);
+    r.stdio = stdio(false);
+    r
+}
+
+fn container_req(id: &str) -> ContainerRequest {
+    let mut r = ContainerRequest::new();
+    r.container_id = id.into();
+    r
+}
+
+/// SIGKILLs the container's init and returns its wait status.
+fn kill9(c: &AgentClient, id: &str) -> u32 {
+    let mut sig = SignalProcessRequest::new();
+    sig.container_id = id.into();
+    sig.signal = 9;
+    c.signal_process(ctx(), &sig).unwrap();
+    c.wait_process(ctx(), &proc_req(id, "")).unwrap().status
+}
+
 fn proc_req(id: &str, exec: &str) -> ProcessRequest {
     let mut r = ProcessRequest::new();
     r.container_id = id.into();
@@ -263,9 +285,8 @@ fn container_lifecycle_with_stdio_exec_and_signals() {
     assert_eq!(code(c.start_container(ctx(), &cr)), ttrpc::Code::NOT_FOUND);
 
     // 2. a long-running container: exec into it, then kill it.
-    let mut r = creq("c2", &spec(&root, &["sleep", "100"]));
-    r.stdio = stdio(false);
-    c.create_container(ctx(), &r).unwrap();
+    c.create_container(ctx(), &creq_out("c2", &spec(&root, &["sleep", "100"])))
+        .unwrap();
     cr.container_id = "c2".into();
     c.start_container(ctx(), &cr).unwrap();
     let mut e = ExecProcessRequest::new();
@@ -287,14 +308,7 @@ fn container_lifecycle_with_stdio_exec_and_signals() {
         code(c.remove_container(ctx(), &cr)),
         ttrpc::Code::FAILED_PRECONDITION
     );
-    let mut sig = SignalProcessRequest::new();
-    sig.container_id = "c2".into();
-    sig.signal = 9;
-    c.signal_process(ctx(), &sig).unwrap();
-    assert_eq!(
-        c.wait_process(ctx(), &proc_req("c2", "")).unwrap().status,
-        137
-    );
+    assert_eq!(kill9(&c, "c2"), 137);
     c.remove_container(ctx(), &cr).unwrap();
     drop(srv);
 }
@@ -330,11 +344,9 @@ fn terminal_container_gets_a_pty_with_its_size() {
     let out = String::from_utf8(read_all(&c, "t1", "", OutputStream::STDOUT)).unwrap();
     assert_eq!(out, "isatty\r\n30 100\r\n");
     // exec with a terminal of its own, into a container that is still running
-    let mut r = creq("t2", &spec(&root, &["sleep", "100"]));
-    r.stdio = stdio(false);
-    c.create_container(ctx(), &r).unwrap();
-    let mut cr2 = ContainerRequest::new();
-    cr2.container_id = "t2".into();
+    c.create_container(ctx(), &creq_out("t2", &spec(&root, &["sleep", "100"])))
+        .unwrap();
+    let cr2 = container_req("t2");
     c.start_container(ctx(), &cr2).unwrap();
     let mut e = ExecProcessRequest::new();
     e.container_id = "t2".into();
@@ -353,11 +365,7 @@ fn terminal_container_gets_a_pty_with_its_size() {
         c.wait_process(ctx(), &proc_req("t2", "x")).unwrap().status,
         0
     );
-    let mut sig = SignalProcessRequest::new();
-    sig.container_id = "t2".into();
-    sig.signal = 9;
-    c.signal_process(ctx(), &sig).unwrap();
-    c.wait_process(ctx(), &proc_req("t2", "")).unwrap();
+    kill9(&c, "t2");
     c.remove_container(ctx(), &cr2).unwrap();
     assert_eq!(
         c.wait_process(ctx(), &proc_req("t1", "")).unwrap().status,
@@ -373,11 +381,9 @@ fn a_container_joins_another_ones_pid_namespace_through_the_agents_handle() {
     };
     let (srv, c) = start_server("pidns");
     let root = rootfs(&srv.dir, &bb);
-    let mut r = creq("pns-sandbox", &spec(&root, &["sleep", "100"]));
-    r.stdio = stdio(false);
+    let r = creq_out("pns-sandbox", &spec(&root, &["sleep", "100"]));
     c.create_container(ctx(), &r).unwrap();
-    let mut sandbox = ContainerRequest::new();
-    sandbox.container_id = "pns-sandbox".into();
+    let sandbox = container_req("pns-sandbox");
     c.start_container(ctx(), &sandbox).unwrap();
     // What the shim sends for a pod member with shareProcessNamespace.
     let handle = husk_protocol::shared_pid_ns_path("pns-sandbox");
@@ -387,12 +393,10 @@ fn a_container_joins_another_ones_pid_namespace_through_the_agents_handle() {
     ))
     .unwrap();
     sp["linux"]["namespaces"][0] = serde_json::json!({"type": "pid", "path": handle});
-    let mut r = creq("pns-member", &serde_json::to_vec(&sp).unwrap());
-    r.stdio = stdio(false);
+    let r = creq_out("pns-member", &serde_json::to_vec(&sp).unwrap());
     c.create_container(ctx(), &r).unwrap();
     assert!(Path::new(&handle).exists(), "no handle at {handle}");
-    let mut member = ContainerRequest::new();
-    member.container_id = "pns-member".into();
+    let member = container_req("pns-member");
     c.start_container(ctx(), &member).unwrap();
     let out = String::from_utf8(read_all(&c, "pns-member", "", OutputStream::STDOUT)).unwrap();
     assert_eq!(
@@ -404,14 +408,9 @@ fn a_container_joins_another_ones_pid_namespace_through_the_agents_handle() {
     // A handle naming a container that does not exist is refused.
     sp["linux"]["namespaces"][0] = serde_json::json!({"type": "pid",
         "path": husk_protocol::shared_pid_ns_path("pns-nobody")});
-    let mut r = creq("pns-orphan", &serde_json::to_vec(&sp).unwrap());
-    r.stdio = stdio(false);
+    let r = creq_out("pns-orphan", &serde_json::to_vec(&sp).unwrap());
     assert_eq!(code(c.create_container(ctx(), &r)), ttrpc::Code::NOT_FOUND);
-    let mut sig = SignalProcessRequest::new();
-    sig.container_id = "pns-sandbox".into();
-    sig.signal = 9;
-    c.signal_process(ctx(), &sig).unwrap();
-    c.wait_process(ctx(), &proc_req("pns-sandbox", "")).unwrap();
+    kill9(&c, "pns-sandbox");
     c.remove_container(ctx(), &sandbox).unwrap();
     assert!(
         !Path::new(&handle).exists(),
