@@ -3,6 +3,7 @@
 //! map the error to a ttrpc code in one place ([`status`]).
 
 pub mod core;
+pub mod entropy;
 pub mod reaper;
 pub mod sandbox;
 pub mod stdio;

@@ -40,6 +40,7 @@ pub fn create_sandbox(o: &Options, r: &CreateSandboxRequest) -> Result<(), CoreE
     if !r.shared_fs_tag.is_empty() && !r.shared_fs_tag.chars().all(|c| c.is_ascii_graphic()) {
         return Err(CoreError::Invalid("shared fs tag".into()));
     }
+    super::entropy::check(&r.entropy).map_err(|e| CoreError::Invalid(e.to_string()))?;
     if !o.guest {
         return Ok(());
     }
@@ -55,6 +56,9 @@ pub fn create_sandbox(o: &Options, r: &CreateSandboxRequest) -> Result<(), CoreE
         nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
             .map_err(|e| state("clock_settime", e.to_string()))?;
     }
+    // After a restore from a template the RNG is the template's: reseed it before any
+    // container runs.
+    super::entropy::add_and_reseed(&r.entropy).map_err(|e| CoreError::State(e.to_string()))?;
     if !r.dns.is_empty() {
         let text: String = r.dns.iter().map(|d| format!("nameserver {d}\n")).collect();
         std::fs::write("/etc/resolv.conf", text)
@@ -286,9 +290,15 @@ mod tests {
         let mut r2 = r.clone();
         r2.dns = vec!["not-an-ip".into()];
         assert!(create_sandbox(&host(), &r2).is_err());
-        let mut r3 = r;
+        let mut r3 = r.clone();
         r3.pod_id = "../x".into();
         assert!(create_sandbox(&host(), &r3).is_err());
+        let mut r4 = r;
+        r4.entropy = vec![1; super::super::entropy::MAX_ENTROPY_BYTES];
+        assert!(create_sandbox(&host(), &r4).is_ok());
+        r4.entropy.push(1);
+        let e = create_sandbox(&host(), &r4).unwrap_err();
+        assert!(matches!(e, CoreError::Invalid(_)), "{e}");
     }
 
     #[test]
