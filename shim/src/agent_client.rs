@@ -114,6 +114,7 @@ impl AgentClient for TtrpcAgent {
             dns: req.dns,
             shared_fs_tag: req.shared_fs_tag,
             time_unix_nanos: i64::try_from(now.as_nanos()).unwrap_or(0),
+            entropy: fresh_entropy()?,
             ..Default::default()
         };
         self.rpc
@@ -335,6 +336,25 @@ impl AgentClient for TtrpcAgent {
 }
 
 /// The agent's ConfigureNetwork request for the pod's interface.
+/// Bytes of fresh randomness each CreateSandbox carries.
+pub const SANDBOX_ENTROPY_BYTES: usize = 32;
+
+/// [`SANDBOX_ENTROPY_BYTES`] from the host's RNG, for the agent to reseed the guest's: a
+/// VM restored from a template (`template.rs`) resumes with the template's RNG state. A
+/// host whose RNG cannot be read fails the sandbox rather than start pods whose guests
+/// may share their "random" numbers.
+fn fresh_entropy() -> AgentResult<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = vec![0u8; SANDBOX_ENTROPY_BYTES];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| AgentError::Status {
+            code: ttrpc::Code::INTERNAL,
+            message: format!("reading /dev/urandom for the guest's RNG: {e}"),
+        })?;
+    Ok(bytes)
+}
+
 pub fn network_request(
     iface: &crate::network::Interface,
     dns: &[String],
@@ -387,6 +407,7 @@ mod tests {
     #[derive(Default)]
     struct MockAgent {
         reads: AtomicU32,
+        sandboxes: std::sync::Mutex<Vec<pb::CreateSandboxRequest>>,
     }
 
     #[async_trait]
@@ -396,6 +417,14 @@ mod tests {
                 serving: true,
                 ..Default::default()
             })
+        }
+        async fn create_sandbox(
+            &self,
+            _: &TtrpcContext,
+            r: pb::CreateSandboxRequest,
+        ) -> ttrpc::Result<pb::Empty> {
+            self.sandboxes.lock().unwrap().push(r);
+            Ok(pb::Empty::new())
         }
         async fn start_container(
             &self,
@@ -460,13 +489,32 @@ mod tests {
         let d = TempDir::new("agent");
         let path = d.path().join("agent.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let mock = Arc::new(MockAgent::default());
         let mut server = Server::new()
             .add_listener(Listener::from(listener))
-            .register_service(create_agent(Arc::new(MockAgent::default())));
+            .register_service(create_agent(mock.clone()));
         server.start().await.unwrap();
 
         let agent = TtrpcAgent::new(UnixStream::connect(&path).await.unwrap());
         agent.health_check().await.unwrap();
+        // Each sandbox gets the host's time and its own fresh entropy (a guest restored
+        // from a template reseeds its RNG with it).
+        for _ in 0..2 {
+            let r = SandboxRequest {
+                pod_id: "p1".into(),
+                ..Default::default()
+            };
+            agent.create_sandbox(r).await.unwrap();
+        }
+        {
+            let seen = mock.sandboxes.lock().unwrap();
+            assert_eq!(seen.len(), 2);
+            assert_eq!(seen[0].pod_id, "p1");
+            assert!(seen[0].time_unix_nanos > 0);
+            assert_eq!(seen[0].entropy.len(), SANDBOX_ENTROPY_BYTES);
+            assert_eq!(seen[1].entropy.len(), SANDBOX_ENTROPY_BYTES);
+            assert_ne!(seen[0].entropy, seen[1].entropy);
+        }
         assert_eq!(agent.start_container("c1").await.unwrap(), 42);
         let e = agent.start_container("zz").await.unwrap_err();
         assert_eq!(e.code(), ttrpc::Code::NOT_FOUND);
