@@ -125,6 +125,13 @@ pub struct Config {
     pub boot_timeout_secs: u64,
     /// Where per-pod state lives (sockets, shared directory, state file).
     pub state_dir: PathBuf,
+    /// Restore pods from a snapshot of a booted VM instead of booting each one; the first
+    /// pod of a given VM shape makes the template (see `template`). Pods with a network
+    /// namespace (CRI pods) still boot each VM.
+    pub vm_template: bool,
+    /// Where templates live, one directory per VM shape holding its snapshot (guest RAM
+    /// included: keep it on a tmpfs, as /run is).
+    pub template_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -146,6 +153,8 @@ impl Default for Config {
             debug_console: false,
             boot_timeout_secs: 30,
             state_dir: "/run/husk".into(),
+            vm_template: true,
+            template_dir: "/run/husk/templates".into(),
         }
     }
 }
@@ -205,6 +214,7 @@ impl Config {
             ("vmm", &self.vmm),
             ("virtiofsd", &self.virtiofsd),
             ("state_dir", &self.state_dir),
+            ("template_dir", &self.template_dir),
         ] {
             if !p.is_absolute() {
                 return Err(invalid(key, "must be an absolute path"));
@@ -225,6 +235,9 @@ mod tests {
     #[test]
     fn empty_file_is_all_defaults() {
         assert_eq!(parse("").unwrap(), Config::default());
+        let c = Config::default();
+        assert!(c.vm_template);
+        assert_eq!(c.template_dir, PathBuf::from("/run/husk/templates"));
     }
 
     #[test]
@@ -246,6 +259,8 @@ mod tests {
             virtio_fs_cache = "never"
             boot_timeout_secs = 5
             state_dir = "/tmp/husk"
+            vm_template = false
+            template_dir = "/tmp/husk-templates"
             "#,
         )
         .unwrap();
@@ -258,6 +273,8 @@ mod tests {
         assert!(!c.huge_pages);
         assert_eq!(c.virtio_fs_cache, FsCache::Never);
         assert_eq!(c.state_dir, PathBuf::from("/tmp/husk"));
+        assert!(!c.vm_template);
+        assert_eq!(c.template_dir, PathBuf::from("/tmp/husk-templates"));
     }
 
     #[test]
@@ -285,6 +302,8 @@ mod tests {
         assert_eq!(e, "/etc/husk/config.toml: default_vcpus must be at least 1");
         let e = parse("kernel = \"vmlinux\"").unwrap_err().to_string();
         assert!(e.contains("kernel must be an absolute path"), "{e}");
+        let e = parse("template_dir = \"t\"").unwrap_err().to_string();
+        assert!(e.contains("template_dir must be an absolute path"), "{e}");
     }
 
     #[test]

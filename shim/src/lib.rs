@@ -19,6 +19,7 @@ pub mod service;
 pub mod share;
 pub mod spec;
 pub mod task;
+pub mod template;
 pub mod vm;
 pub mod vmm;
 pub mod vsock;

@@ -392,3 +392,60 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+thread_local! {
+    static CAPTURED: std::cell::RefCell<Option<Vec<(log::Level, String)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The test binary's logger: records go to the capture of the thread that logs them, if
+/// it has one (see [`capture_logs`]).
+struct ThreadLogger;
+
+impl log::Log for ThreadLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        CAPTURED.with(|c| {
+            if let Some(v) = c.borrow_mut().as_mut() {
+                v.push((r.level(), r.args().to_string()));
+            }
+        });
+    }
+    fn flush(&self) {}
+}
+
+/// Log records of the calling thread while it lives (a `#[tokio::test]` runs its futures
+/// on the test's thread; `spawn_blocking` work is not seen).
+pub struct LogCapture(());
+
+pub fn capture_logs() -> LogCapture {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let _ = log::set_logger(&ThreadLogger);
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    LogCapture(())
+}
+
+impl LogCapture {
+    /// The messages logged at `level` so far.
+    pub fn at(&self, level: log::Level) -> Vec<String> {
+        CAPTURED.with(|c| {
+            c.borrow()
+                .iter()
+                .flatten()
+                .filter(|(l, _)| *l == level)
+                .map(|(_, m)| m.clone())
+                .collect()
+        })
+    }
+}
+
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        CAPTURED.with(|c| *c.borrow_mut() = None);
+    }
+}

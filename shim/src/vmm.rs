@@ -17,7 +17,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use crate::agent::{AgentClient, AgentResult};
-use crate::config::Config;
+use crate::config::{Config, FsCache};
 use crate::error::{Result, ShimError};
 use crate::vm::{RunningVm, VmExit, VmLauncher, VmProcess, VmRequest};
 use crate::vsock;
@@ -87,6 +87,15 @@ impl HuskVmm {
             connector,
             poll_before_ready: POLL_BEFORE_READY,
         }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    #[cfg(test)]
+    pub(crate) fn config_mut(&mut self) -> &mut Config {
+        &mut self.cfg
     }
 
     /// husk-vmm's config file for this pod (its `VmConfig`, JSON).
@@ -233,12 +242,20 @@ impl VmLauncher for HuskVmm {
     async fn launch(&self, req: &VmRequest) -> Result<RunningVm> {
         let started = Instant::now();
         let mut attempt = 1;
+        // Restore from a template when there is one (made now by the first pod of its
+        // shape), else boot.
+        let mut template = if crate::template::applies(&self.cfg, req) {
+            crate::template::ensure(&self.cfg, &self.vm_config(req)).await
+        } else {
+            None
+        };
         let (vm, net, agent) = loop {
             let net = match &req.netns {
                 Some(ns) => Some(attach_network(ns).await?),
                 None => None,
             };
-            let (vm, ready) = match self.start_vm(req, net.clone()).await {
+            let restore_from = template.as_ref().map(|t| t.dir.as_path());
+            let (vm, ready) = match self.start_vm(req, net.clone(), restore_from).await {
                 Ok(started) => started,
                 Err(e) => {
                     if let Some(n) = net {
@@ -254,6 +271,18 @@ impl VmLauncher for HuskVmm {
                 Ok(agent) => break (vm, net, agent),
                 Err(e) => {
                     vm.stop().await;
+                    // A template a VM cannot be restored from may be stale or corrupt:
+                    // it goes, and the pod boots instead (nothing of it ran yet).
+                    if let Some(t) = template.take() {
+                        log::warn!(
+                            "pod {}: the VM restored from template {} failed ({e}); \
+                             removing the template and booting the VM instead",
+                            req.pod_id,
+                            t.key
+                        );
+                        crate::template::discard(&self.cfg, &t, &e.to_string());
+                        continue;
+                    }
                     let triple_fault = vm
                         .has_exited()
                         .is_some_and(|x| x.code == Some(VMM_EXIT_TRIPLE_FAULT));
@@ -269,8 +298,12 @@ impl VmLauncher for HuskVmm {
                 }
             }
         };
+        let how = match &template {
+            Some(t) => format!("restored from template {}", t.key),
+            None => format!("cold-booted, boot attempt {attempt}"),
+        };
         log::info!(
-            "pod {}: the agent answered {} ms after the launch (boot attempt {attempt})",
+            "pod {}: the agent answered {} ms after the launch ({how})",
             req.pod_id,
             started.elapsed().as_millis()
         );
@@ -309,6 +342,7 @@ impl HuskVmm {
         &self,
         req: &VmRequest,
         net: Option<crate::network::PodNetwork>,
+        restore_from: Option<&Path>,
     ) -> Result<(Arc<ChildVm>, Option<UnixListener>)> {
         let dir = &req.pod_dir;
         std::fs::create_dir_all(dir).map_err(|e| ShimError::io(dir.display().to_string(), e))?;
@@ -316,23 +350,22 @@ impl HuskVmm {
         let _ = std::fs::remove_file(&fs_sock);
         let _ = std::fs::remove_file(vsock_socket(dir));
         let _ = std::fs::remove_file(ready_socket(dir));
-        // Bound before the vmm starts, so the agent's signal cannot come too early.
-        let ready = match UnixListener::bind(ready_socket(dir)) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                log::debug!("pod {}: no ready socket ({e}); polling", req.pod_id);
-                None
-            }
+        // Bound before the vmm starts, so the agent's signal cannot come too early. A
+        // restored guest sent its signal before the template's snapshot: its agent
+        // already serves, and the shim polls it at once.
+        let ready = match restore_from {
+            Some(_) => None,
+            None => match UnixListener::bind(ready_socket(dir)) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    log::debug!("pod {}: no ready socket ({e}); polling", req.pod_id);
+                    None
+                }
+            },
         };
         let virtiofsd = self.spawn(
             &self.cfg.virtiofsd,
-            &[
-                format!("--socket-path={}", fs_sock.display()),
-                format!("--shared-dir={}", req.shared_dir.display()),
-                format!("--cache={}", self.cfg.virtio_fs_cache.as_str()),
-                "--sandbox=namespace".into(),
-                "--announce-submounts".into(),
-            ],
+            &virtiofsd_args(&fs_sock, &req.shared_dir, self.cfg.virtio_fs_cache),
             &dir.join("virtiofsd.log"),
         )?;
         record_pid(&dir.join(VIRTIOFSD_PID_FILE), &virtiofsd);
@@ -365,6 +398,9 @@ impl HuskVmm {
         }
         if let Some(n) = &net {
             config["net"] = json!([{ "tap": n.tap, "mac": n.interface.mac_string() }]);
+        }
+        if let Some(t) = restore_from {
+            config["restore_from"] = json!(t);
         }
         let config = config.to_string();
         if let Err(e) = std::fs::write(&config_path, config) {
@@ -433,8 +469,19 @@ fn record_pid(path: &Path, child: &Child) {
     }
 }
 
+/// virtiofsd's arguments: serve `shared_dir` on `socket`.
+pub(crate) fn virtiofsd_args(socket: &Path, shared_dir: &Path, cache: FsCache) -> Vec<String> {
+    vec![
+        format!("--socket-path={}", socket.display()),
+        format!("--shared-dir={}", shared_dir.display()),
+        format!("--cache={}", cache.as_str()),
+        "--sandbox=namespace".into(),
+        "--announce-submounts".into(),
+    ]
+}
+
 /// The last line of a log file, for error messages.
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let line = text
         .lines()
@@ -572,7 +619,7 @@ impl ChildVm {
     }
 }
 
-fn describe(s: std::process::ExitStatus) -> String {
+pub(crate) fn describe(s: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (s.code(), s.signal()) {
         (Some(c), _) => format!("exited with status {c}"),

@@ -51,6 +51,9 @@ fn setup(vmm: &str, virtiofsd: &str) -> (TempDir, HuskVmm, VmRequest) {
         boot_timeout_secs: 2,
         // ram.rs's own tests cover the tmpfs; these fake vmms need no guest RAM.
         huge_pages: false,
+        // Templates are tested on their own below (`with_templates`).
+        vm_template: false,
+        template_dir: d.path().join("templates"),
         ..Config::default()
     };
     let req = VmRequest {
@@ -344,4 +347,247 @@ fn host_nameservers_skip_loopback_and_junk() {
         vec!["192.0.2.53".to_string(), "2001:db8::35".to_string()]
     );
     assert!(host_nameservers("").is_empty());
+}
+
+/// [`setup`] with VM templates on and the kernel and initrd as files (the template key
+/// reads their identity).
+fn with_templates(vmm: &str) -> (TempDir, HuskVmm, VmRequest) {
+    let (d, mut h, req) = setup(vmm, FAKE_VIRTIOFSD);
+    for (f, p) in [
+        ("vmlinux", &mut h.cfg.kernel),
+        ("rootfs.cpio", &mut h.cfg.rootfs),
+    ] {
+        *p = d.path().join(f);
+        std::fs::write(&*p, f).unwrap();
+    }
+    h.cfg.vm_template = true;
+    (d, h, req)
+}
+
+fn pod(req: &VmRequest, id: &str) -> VmRequest {
+    let dir = req.pod_dir.with_file_name(id);
+    VmRequest {
+        pod_id: id.into(),
+        shared_dir: dir.join("shared"),
+        pod_dir: dir,
+        ..req.clone()
+    }
+}
+
+/// The vm.json the pod's vmm got.
+fn pod_config(req: &VmRequest) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(req.pod_dir.join("vm.json")).unwrap()).unwrap()
+}
+
+/// A vmm stand-in for templates: with `snapshot_to` it runs `snapshot` (Python: `cfg`,
+/// `here` the script's directory, `count(name)` appends a line to `here/<name>`), with
+/// `restore_from` it runs `restore`, then it is [`FAKE_VMM`].
+fn template_vmm(snapshot: &str, restore: &str) -> String {
+    let body = FAKE_VMM.trim_start_matches("#!/usr/bin/env python3\n");
+    format!(
+        "#!/usr/bin/env python3\nimport json, os, socket, sys, time\n\
+         cfg = json.load(open(sys.argv[3]))\n\
+         here = os.path.dirname(os.path.abspath(sys.argv[0]))\n\
+         def count(name):\n    open(os.path.join(here, name), 'a').write('x\\n')\n\
+         count('vmm-runs')\n\
+         if 'snapshot_to' in cfg:\n    count('template-runs')\n{}\n\
+         if 'restore_from' in cfg:\n{}\n{body}",
+        indent(snapshot),
+        indent(restore)
+    )
+}
+
+fn indent(code: &str) -> String {
+    let lines: Vec<String> = code.lines().map(|l| format!("    {l}")).collect();
+    if lines.is_empty() {
+        "    pass".into()
+    } else {
+        lines.join("\n")
+    }
+}
+
+/// husk-vmm's template mode: a sparse guest RAM, the state last, exit 0.
+const MAKES_SNAPSHOT: &str = "d = cfg['snapshot_to']\nos.makedirs(d)\n\
+    open(os.path.join(d, 'ram'), 'wb').truncate(cfg['mem_mib'] << 20)\n\
+    open(os.path.join(d, 'state.json'), 'w').write('{}')\n\
+    print('husk-vmm: snapshot written to ' + d, file=sys.stderr)\nsys.exit(0)";
+
+/// How many lines a template stand-in wrote to `name` beside its script.
+fn vmm_runs(h: &HuskVmm, name: &str) -> usize {
+    std::fs::read_to_string(h.cfg.vmm.with_file_name(name))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_first_pod_makes_the_template_and_every_pod_is_restored_from_it() {
+    let logs = crate::testutil::capture_logs();
+    let (_d, mut h, req) = with_templates(&template_vmm(MAKES_SNAPSHOT, ""));
+    // A restored agent sends no ready signal: waiting for one would take the boot timeout.
+    h.poll_before_ready = Duration::from_secs(60);
+    let key = crate::template::key(&h.vm_config(&req), &h.cfg.vmm).unwrap();
+    let dir = h.cfg.template_dir.join(&key);
+    let t = Instant::now();
+    let vm = h.launch(&req).await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(pod_config(&req)["restore_from"], json!(dir));
+    assert!(dir.join("state.json").is_file() && dir.join("ram").is_file());
+    assert!(!h.cfg.template_dir.join(format!("{key}.tmp")).exists());
+    let info = logs.at(log::Level::Info);
+    assert!(
+        info.iter()
+            .any(|m| m.starts_with(&format!("template {key} made in "))),
+        "{info:?}"
+    );
+    assert!(
+        info.iter()
+            .any(|m| m.contains(&format!("(restored from template {key})"))),
+        "{info:?}"
+    );
+    // The next pods of the same shape use it as it is.
+    let req2 = pod(&req, "p2");
+    let vm2 = h.launch(&req2).await.unwrap();
+    assert_eq!(pod_config(&req2)["restore_from"], json!(dir));
+    assert_eq!(vmm_runs(&h, "template-runs"), 1);
+    // Only the sockets differ from the template's config (and the pod has no snapshot_to).
+    let c = pod_config(&req2);
+    assert!(c.get("snapshot_to").is_none());
+    assert!(c["vsock"]["socket"]
+        .as_str()
+        .unwrap()
+        .ends_with("/p2/vsock.sock"));
+    vm.process.stop().await;
+    vm2.process.stop().await;
+}
+
+#[tokio::test]
+async fn pods_starting_together_make_one_template() {
+    let (_d, h, req) = with_templates(&template_vmm(
+        &format!("time.sleep(0.3)\n{MAKES_SNAPSHOT}"),
+        "",
+    ));
+    let (r2, r3) = (pod(&req, "p2"), pod(&req, "p3"));
+    let (a, b, c) = tokio::join!(h.launch(&req), h.launch(&r2), h.launch(&r3));
+    assert_eq!(vmm_runs(&h, "template-runs"), 1);
+    for (vm, r) in [(a, &req), (b, &r2), (c, &r3)] {
+        assert!(pod_config(r)["restore_from"].is_string());
+        vm.unwrap().process.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_template_that_cannot_be_made_leaves_pods_booting() {
+    let logs = crate::testutil::capture_logs();
+    let fails = "print('husk-vmm: error: saving MSRs: EINVAL', file=sys.stderr)\nsys.exit(1)";
+    let (_d, h, req) = with_templates(&template_vmm(fails, ""));
+    let key = crate::template::key(&h.vm_config(&req), &h.cfg.vmm).unwrap();
+    let vm = h.launch(&req).await.unwrap();
+    assert!(pod_config(&req).get("restore_from").is_none());
+    let warn = logs.at(log::Level::Warn);
+    assert!(
+        warn.iter().any(
+            |m| m.starts_with(&format!("template {key} could not be made"))
+                && m.contains("exited with status 1")
+                && m.contains("saving MSRs: EINVAL")
+        ),
+        "{warn:?}"
+    );
+    let td = &h.cfg.template_dir;
+    assert!(!td.join(&key).exists() && !td.join(format!("{key}.tmp")).exists());
+    // The failure is remembered: the next pod does not try again at once.
+    let req2 = pod(&req, "p2");
+    let vm2 = h.launch(&req2).await.unwrap();
+    assert!(pod_config(&req2).get("restore_from").is_none());
+    assert_eq!(vmm_runs(&h, "template-runs"), 1);
+    assert!(logs
+        .at(log::Level::Info)
+        .iter()
+        .any(|m| m.contains("not trying again")));
+    vm.process.stop().await;
+    vm2.process.stop().await;
+}
+
+#[tokio::test]
+async fn a_template_vmm_that_never_snapshots_is_stopped_at_the_boot_timeout() {
+    let logs = crate::testutil::capture_logs();
+    let (_d, h, req) = with_templates(&template_vmm(
+        "print('booting', file=sys.stderr)\nsys.stderr.flush()\ntime.sleep(1000)",
+        "",
+    ));
+    let vm = h.launch(&req).await.unwrap();
+    assert!(pod_config(&req).get("restore_from").is_none());
+    let warn = logs.at(log::Level::Warn);
+    assert!(
+        warn.iter()
+            .any(|m| m.contains("wrote no snapshot within 2 s") && m.contains("booting")),
+        "{warn:?}"
+    );
+    vm.process.stop().await;
+}
+
+#[tokio::test]
+async fn a_template_a_vm_cannot_be_restored_from_is_removed_and_the_pod_boots() {
+    let logs = crate::testutil::capture_logs();
+    let bad = "print('husk-vmm: error: snapshot format 9, this vmm reads 1', file=sys.stderr)\nsys.exit(1)";
+    let (_d, h, req) = with_templates(&template_vmm(MAKES_SNAPSHOT, bad));
+    let key = crate::template::key(&h.vm_config(&req), &h.cfg.vmm).unwrap();
+    let vm = h.launch(&req).await.unwrap();
+    vm.agent.health_check().await.unwrap();
+    // The template, the failed restore, the boot.
+    assert_eq!(vmm_runs(&h, "vmm-runs"), 3);
+    assert!(pod_config(&req).get("restore_from").is_none());
+    assert!(!h.cfg.template_dir.join(&key).exists());
+    let warn = logs.at(log::Level::Warn);
+    assert!(
+        warn.iter().any(
+            |m| m.contains(&format!("restored from template {key} failed"))
+                && m.contains("snapshot format 9")
+        ),
+        "{warn:?}"
+    );
+    assert!(logs
+        .at(log::Level::Info)
+        .iter()
+        .any(|m| m.contains("(cold-booted, boot attempt 1)")));
+    vm.process.stop().await;
+}
+
+#[tokio::test]
+async fn pods_with_a_network_namespace_never_use_templates() {
+    let (_d, h, mut req) = with_templates(&template_vmm(MAKES_SNAPSHOT, ""));
+    req.netns = Some(h.cfg.template_dir.with_file_name("no-such-netns"));
+    // The namespace does not exist: the launch fails attaching it, before any VM.
+    assert!(h.launch(&req).await.is_err());
+    assert!(!h.cfg.template_dir.exists());
+    assert_eq!(vmm_runs(&h, "vmm-runs"), 0);
+}
+
+#[tokio::test]
+async fn a_template_gets_guest_ram_on_a_huge_page_tmpfs_that_goes_with_it() {
+    let record = format!(
+        "open(os.path.join(here, 'mem_dir'), 'w').write(str(cfg.get('mem_dir')))\n{MAKES_SNAPSHOT}"
+    );
+    let (_d, mut h, req) = with_templates(&template_vmm(&record, ""));
+    h.cfg.huge_pages = true;
+    let vm = h.launch(&req).await.unwrap();
+    let mem_dir = std::fs::read_to_string(h.cfg.vmm.with_file_name("mem_dir")).unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let td = h.cfg.template_dir.display().to_string();
+    assert!(!mounts.contains(&td), "{mounts}");
+    if nix::unistd::Uid::effective().is_root() {
+        assert!(mem_dir.ends_with(".tmp/ram"), "{mem_dir}");
+    } else {
+        // Without CAP_SYS_ADMIN there is no tmpfs: the vmm uses a memfd.
+        assert_eq!(mem_dir, "None");
+    }
+    vm.process.stop().await;
+    // The pod's own RAM tmpfs is the pod's (cleanup_pod unmounts it).
+    let _ = nix::mount::umount2(
+        &req.pod_dir.join(crate::ram::RAM_DIR),
+        nix::mount::MntFlags::MNT_DETACH,
+    );
 }
