@@ -71,7 +71,11 @@ install: kernel rootfs vmm-release
 	  'kernel = "$(PREFIX)/share/husk/vmlinux"' \
 	  'rootfs = "$(PREFIX)/share/husk/rootfs.cpio"' \
 	  'vmm = "$(PREFIX)/bin/husk-vmm"' \
-	  'virtiofsd = "$(VIRTIOFSD)"' > $(DESTDIR)/etc/husk/config.toml
+	  'virtiofsd = "$(VIRTIOFSD)"' \
+	  '# Pods start from a snapshot of a booted VM (a template), made by the first pod of each' \
+	  '# VM shape; templates hold guest RAM, so keep template_dir on a tmpfs.' \
+	  '# vm_template = true' \
+	  '# template_dir = "/run/husk/templates"' > $(DESTDIR)/etc/husk/config.toml
 	@echo "installed to $(DESTDIR)$(PREFIX) and $(DESTDIR)/etc/husk/config.toml; add to containerd's config.toml:"
 	@echo '  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.husk]'
 	@echo '    runtime_type = "io.containerd.husk.v2"'

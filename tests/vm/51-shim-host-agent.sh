@@ -91,6 +91,8 @@ virtiofsd = "$w/bin/virtiofsd"
 state_dir = "$w/run"
 boot_timeout_secs = 90
 log_level = "debug"
+# The stand-in vmm cannot snapshot a VM
+vm_template = false
 TOML
 # The agent on a host puts containers below /sys/fs/cgroup/husk; delegate the controllers
 # to that level (in the guest the agent does this for itself).
