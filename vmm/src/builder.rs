@@ -5,9 +5,14 @@
 //! (7) virtio-mmio devices with irqfds/ioeventfds and their command-line entries,
 //! (8) zero page, MP table, GDT and page tables, (9) vCPUs configured for 64-bit entry,
 //! then [`Vmm::run`] starts the event loop and one thread per vCPU and waits for the end.
+//! A VM restored from a template (`restore_from`, see `snapshot`) gets its RAM, chips,
+//! serial, transports and vCPUs from the snapshot instead of steps 5, 8 and 9's boot state;
+//! in template mode (`snapshot_to`) [`Vmm::run`] writes the snapshot when the guest agent
+//! says it serves.
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
@@ -16,7 +21,7 @@ use std::thread::JoinHandle;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::IoEventAddress;
 use linux_loader::loader::Cmdline;
-use vm_memory::GuestAddress;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{boot, layout, mptable, regs};
@@ -30,9 +35,10 @@ use crate::devices::legacy::console::{
 use crate::devices::legacy::i8042::{I8042, I8042_PORTS};
 use crate::devices::legacy::serial::{IrqTrigger, SerialDevice};
 use crate::devices::virtio::blk::Block;
-use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::mmio::{MmioTransport, SnapshotTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::snapshot::{kvm_state, Snapshot, SnapshotError};
 use crate::vcpu::{install_kick_handler, stop_all, Vcpu, VcpuShared};
 use crate::vm::Vm;
 
@@ -84,6 +90,8 @@ pub enum VmmError {
     Fs(#[from] crate::devices::virtio::fs::FsError),
     #[error(transparent)]
     Net(#[from] crate::devices::virtio::net::NetError),
+    #[error("restoring from {dir}: {err}")]
+    Restore { dir: PathBuf, err: SnapshotError },
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
@@ -120,6 +128,9 @@ pub struct Vmm {
     stop_evt: EventFd,
     console: Arc<ConsoleBuffer>,
     console_thread: Option<JoinHandle<()>>,
+    serial: Arc<Mutex<SerialDevice>>,
+    transports: Vec<Arc<Mutex<dyn SnapshotTransport>>>,
+    snapshot_to: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -136,6 +147,7 @@ struct Builder<'a> {
     events: &'a mut EventManager<Subscriber>,
     cmdline: Cmdline,
     slots: usize,
+    transports: Vec<Arc<Mutex<dyn SnapshotTransport>>>,
 }
 
 impl Builder<'_> {
@@ -172,6 +184,7 @@ impl Builder<'_> {
         let transport = Arc::new(Mutex::new(transport));
         self.mmio
             .insert(transport.clone(), base, layout::VIRTIO_MMIO_SIZE)?;
+        self.transports.push(transport.clone());
         self.events.add_subscriber(transport);
         self.cmdline
             .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)
@@ -208,11 +221,42 @@ impl TryFrom<&VmConfig> for Vmm {
             .ok_or(crate::config::ConfigError::NoKernel)?;
 
         let mem = crate::memory::create(cfg.mem_mib << 20, cfg.mem_dir.as_deref())?;
-        let vm = Vm::new(mem)?;
-        let kernel = boot::load_kernel(vm.memory(), kernel_path)?;
-        let initrd = match &cfg.initrd {
-            Some(p) => Some(boot::load_initrd(vm.memory(), p, layout::HIMEM_START)?),
+        let restore = match &cfg.restore_from {
+            Some(dir) => {
+                let restore_err = |err| VmmError::Restore {
+                    dir: dir.clone(),
+                    err,
+                };
+                let snap = Snapshot::read(dir).map_err(restore_err)?;
+                let bytes = crate::snapshot::ram::load(&mem, &dir.join(crate::snapshot::RAM_FILE))
+                    .map_err(restore_err)?;
+                log::info!(
+                    "restoring from {}: {} MiB of RAM",
+                    dir.display(),
+                    bytes >> 20
+                );
+                Some((dir.as_path(), snap))
+            }
             None => None,
+        };
+        let restore_err = |err| VmmError::Restore {
+            dir: cfg.restore_from.clone().unwrap_or_default(),
+            err,
+        };
+        let vm = Vm::new(mem)?;
+        let boot_image = match &restore {
+            Some((_, snap)) => {
+                kvm_state::restore_vm(vm.fd(), &snap.vm).map_err(restore_err)?;
+                None
+            }
+            None => {
+                let kernel = boot::load_kernel(vm.memory(), kernel_path)?;
+                let initrd = match &cfg.initrd {
+                    Some(p) => Some(boot::load_initrd(vm.memory(), p, layout::HIMEM_START)?),
+                    None => None,
+                };
+                Some((kernel, initrd))
+            }
         };
 
         let (exit_tx, exit_rx) = mpsc::channel();
@@ -240,15 +284,16 @@ impl TryFrom<&VmConfig> for Vmm {
                 err,
             })?;
         let mut pio = Bus::new();
-        let serial = SerialDevice::new(
-            IrqTrigger(serial_evt),
-            ConsoleWriter::new(console.clone(), exit.clone()),
-        );
-        pio.insert(
-            Arc::new(Mutex::new(serial)),
-            u64::from(layout::SERIAL_PORT),
-            8,
-        )?;
+        let serial_out = ConsoleWriter::new(console.clone(), exit.clone());
+        let serial = match &restore {
+            Some((_, snap)) => {
+                SerialDevice::from_snapshot(&snap.serial, IrqTrigger(serial_evt), serial_out)
+                    .map_err(|e| restore_err(SnapshotError::Mismatch(e)))?
+            }
+            None => SerialDevice::new(IrqTrigger(serial_evt), serial_out),
+        };
+        let serial = Arc::new(Mutex::new(serial));
+        pio.insert(serial.clone(), u64::from(layout::SERIAL_PORT), 8)?;
         pio.insert(
             Arc::new(Mutex::new(I8042::new(exit.clone()))),
             u64::from(layout::I8042_PORT),
@@ -264,12 +309,21 @@ impl TryFrom<&VmConfig> for Vmm {
             events: &mut events,
             cmdline,
             slots: 0,
+            transports: Vec::new(),
         };
         for d in &cfg.drives {
             b.attach_virtio(Block::new(d)?)?;
         }
         if let Some(v) = &cfg.vsock {
-            b.attach_virtio(crate::devices::virtio::vsock::Vsock::new(v)?)?;
+            let mut vsock = crate::devices::virtio::vsock::Vsock::new(v)?;
+            if cfg.snapshot_to.is_some() {
+                let exit = exit.clone();
+                vsock.muxer_mut().trap_port(
+                    crate::snapshot::TRIGGER_PORT,
+                    Box::new(move || exit.send(ExitReason::SnapshotRequested)),
+                );
+            }
+            b.attach_virtio(vsock)?;
         }
         for n in &cfg.net {
             b.attach_virtio(crate::devices::virtio::net::Net::new(n)?)?;
@@ -280,11 +334,35 @@ impl TryFrom<&VmConfig> for Vmm {
         if cfg.free_page_reporting {
             b.attach_virtio(crate::devices::virtio::balloon::Balloon::new())?;
         }
-        let Builder { mmio, cmdline, .. } = b;
+        let Builder {
+            mmio,
+            cmdline,
+            transports,
+            ..
+        } = b;
 
-        boot::write_boot_params(vm.memory(), &kernel, &cmdline, initrd)?;
-        mptable::setup(vm.memory(), cfg.vcpus)?;
-        regs::write_boot_tables(vm.memory())?;
+        match (&restore, &boot_image) {
+            (Some((_, snap)), _) => {
+                let types: Vec<u32> = transports
+                    .iter()
+                    .map(|t| t.lock().map(|t| t.device_type()).unwrap_or(0))
+                    .collect();
+                snap.check_fits(cfg.mem_mib << 20, cfg.vcpus, &types)
+                    .map_err(restore_err)?;
+                for (t, state) in transports.iter().zip(&snap.devices) {
+                    t.lock()
+                        .map_err(|_| restore_err(SnapshotError::Memory("poisoned".into())))?
+                        .restore(state)
+                        .map_err(restore_err)?;
+                }
+            }
+            (None, Some((kernel, initrd))) => {
+                boot::write_boot_params(vm.memory(), kernel, &cmdline, *initrd)?;
+                mptable::setup(vm.memory(), cfg.vcpus)?;
+                regs::write_boot_tables(vm.memory())?;
+            }
+            (None, None) => unreachable!("a VM either boots or is restored"),
+        }
 
         if crate::arch::cpuid::host_is_tcg() {
             log::info!(
@@ -294,8 +372,19 @@ impl TryFrom<&VmConfig> for Vmm {
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
         for id in 0..cfg.vcpus {
             let v = Vcpu::new(&vm, id)?;
-            v.configure_linux(&vm, cfg.vcpus, kernel.entry)?;
+            match (&restore, &boot_image) {
+                (Some((_, snap)), _) => {
+                    v.set_cpuid(&vm, cfg.vcpus)?;
+                    kvm_state::restore_vcpu(v.fd(), &snap.vcpus[usize::from(id)])
+                        .map_err(restore_err)?;
+                }
+                (None, Some((kernel, _))) => v.configure_linux(&vm, cfg.vcpus, kernel.entry)?,
+                (None, None) => unreachable!("a VM either boots or is restored"),
+            }
             vcpus.push(v);
+        }
+        if let Some((_, snap)) = &restore {
+            kvm_state::restore_clock(vm.fd(), &snap.vm).map_err(restore_err)?;
         }
         Ok(Vmm {
             vm,
@@ -312,6 +401,9 @@ impl TryFrom<&VmConfig> for Vmm {
             stop_evt,
             console,
             console_thread: Some(console_thread),
+            serial,
+            transports,
+            snapshot_to: cfg.snapshot_to.clone(),
         })
     }
 }
@@ -347,16 +439,37 @@ impl Vmm {
         for v in self.vcpus.drain(..) {
             handles.push(v.spawn(self.shared.clone())?);
         }
-        if seccomp {
+        // In template mode the main thread writes the snapshot (files, KVM state reads) and
+        // keeps no filter; that VM runs only husk's own kernel and agent, no workload.
+        if seccomp && self.snapshot_to.is_none() {
             crate::seccomp::apply(crate::seccomp::ThreadKind::Main)?;
         }
-        let reason = self
+        let mut reason = self
             .exit_rx
             .recv()
             .unwrap_or_else(|_| ExitReason::InternalError("exit channel closed".into()));
-        stop_all(&stop, handles);
+        let n_vcpus = handles.len();
+        let vcpus = stop_all(&stop, handles);
         let _ = self.stop_evt.write(1);
         let _ = event_loop.join();
+        if reason == ExitReason::SnapshotRequested {
+            reason = match self.snapshot_to.clone() {
+                Some(dir) if vcpus.len() == n_vcpus => {
+                    match write_snapshot(&self.vm, &self.transports, &self.serial, &vcpus, &dir) {
+                        Ok(()) => ExitReason::Snapshotted(dir),
+                        Err(e) => {
+                            let _ = std::fs::remove_dir_all(&dir);
+                            ExitReason::InternalError(format!(
+                                "writing the snapshot to {}: {e}",
+                                dir.display()
+                            ))
+                        }
+                    }
+                }
+                _ => ExitReason::InternalError("a vCPU thread died before the snapshot".into()),
+            };
+        }
+        drop(vcpus);
         self.console.close();
         if let Some(t) = self.console_thread.take() {
             let _ = t.join();
@@ -364,4 +477,40 @@ impl Vmm {
         drop(self.vm);
         Ok(reason)
     }
+}
+
+/// Writes the stopped VM into `dir` (see `snapshot`).
+fn write_snapshot(
+    vm: &Vm,
+    transports: &[Arc<Mutex<dyn SnapshotTransport>>],
+    serial: &Mutex<SerialDevice>,
+    vcpus: &[Vcpu],
+    dir: &Path,
+) -> Result<(), SnapshotError> {
+    let started = std::time::Instant::now();
+    let msrs = kvm_state::msr_list(vm.kvm())?;
+    let vcpus = vcpus
+        .iter()
+        .map(|v| kvm_state::save_vcpu(vm.kvm(), v.fd(), &msrs))
+        .collect::<Result<Vec<_>, _>>()?;
+    let poisoned = || SnapshotError::Memory("a device lock is poisoned".into());
+    let devices = transports
+        .iter()
+        .map(|t| t.lock().map_err(|_| poisoned())?.save())
+        .collect::<Result<Vec<_>, _>>()?;
+    let snap = Snapshot {
+        version: crate::snapshot::FORMAT_VERSION,
+        mem_size: vm.memory().iter().map(|r| r.len()).sum(),
+        vm: kvm_state::save_vm(vm.fd())?,
+        vcpus,
+        serial: serial.lock().map_err(|_| poisoned())?.snapshot(),
+        devices,
+    };
+    snap.write(dir, vm.memory())?;
+    log::info!(
+        "snapshot written to {} in {} ms",
+        dir.display(),
+        started.elapsed().as_millis()
+    );
+    Ok(())
 }

@@ -146,6 +146,14 @@ pub struct VmConfig {
     /// Per-thread seccomp filters (on unless turned off for debugging).
     #[serde(default = "default_seccomp")]
     pub seccomp: bool,
+    /// Template mode: boot, and when the guest agent says it serves, write a snapshot of
+    /// the VM into this directory and exit (see `snapshot`). Needs a vsock device.
+    #[serde(default)]
+    pub snapshot_to: Option<PathBuf>,
+    /// Start from the snapshot in this directory instead of booting: the same devices,
+    /// vCPUs and memory size as its template, the kernel is not loaded again.
+    #[serde(default)]
+    pub restore_from: Option<PathBuf>,
 }
 
 fn default_seccomp() -> bool {
@@ -169,6 +177,8 @@ impl Default for VmConfig {
             mem_dir: None,
             force: false,
             seccomp: true,
+            snapshot_to: None,
+            restore_from: None,
         }
     }
 }
@@ -217,6 +227,29 @@ impl VmConfig {
                     why: "longer than 20 bytes",
                 });
             }
+        }
+        if self.snapshot_to.is_some() && self.restore_from.is_some() {
+            return Err(ConfigError::Invalid {
+                what: "snapshot_to",
+                value: String::new(),
+                why: "a VM restored from a snapshot cannot make one (restore_from is set)",
+            });
+        }
+        if self.snapshot_to.is_some() && self.vsock.is_none() {
+            return Err(ConfigError::Invalid {
+                what: "snapshot_to",
+                value: String::new(),
+                why: "the snapshot is triggered over vsock: configure a vsock device",
+            });
+        }
+        if self.restore_from.is_some() && !self.net.is_empty() {
+            // The guest's NIC would keep the template's MAC and the tap's offloads would
+            // not be set: not supported yet.
+            return Err(ConfigError::Invalid {
+                what: "restore_from",
+                value: String::new(),
+                why: "a VM with a network device cannot be restored from a snapshot yet",
+            });
         }
         if let Some(v) = &self.vsock {
             if v.guest_cid < 3 {
@@ -419,6 +452,31 @@ mod tests {
         assert!(c.validate().is_err());
         c.vcpus = 2;
         c.mem_mib = 8;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn snapshot_and_restore_validation() {
+        let mut c = VmConfig {
+            kernel: Some("/k".into()),
+            snapshot_to: Some("/t".into()),
+            ..VmConfig::default()
+        };
+        // The trigger comes over vsock.
+        assert!(c.validate().is_err());
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            socket: "/v".into(),
+        });
+        c.validate().unwrap();
+        c.restore_from = Some("/t".into());
+        assert!(c.validate().is_err());
+        c.snapshot_to = None;
+        c.validate().unwrap();
+        c.net.push(NetConfig {
+            tap: "tap0".into(),
+            mac: None,
+        });
         assert!(c.validate().is_err());
     }
 

@@ -20,6 +20,10 @@ pub enum ExitReason {
     Stopped { signal: i32 },
     /// The vmm itself failed while the VM ran.
     InternalError(String),
+    /// Template mode: the guest agent said it serves; the VM is to be snapshotted.
+    SnapshotRequested,
+    /// Template mode: the snapshot was written to this directory.
+    Snapshotted(std::path::PathBuf),
 }
 
 impl ExitReason {
@@ -27,8 +31,8 @@ impl ExitReason {
     /// 4 guest panic, 5 stopped by a signal (2 is left to usage errors).
     pub fn code(&self) -> i32 {
         match self {
-            ExitReason::GuestReset | ExitReason::GuestHalt => 0,
-            ExitReason::InternalError(_) => 1,
+            ExitReason::GuestReset | ExitReason::GuestHalt | ExitReason::Snapshotted(_) => 0,
+            ExitReason::InternalError(_) | ExitReason::SnapshotRequested => 1,
             ExitReason::TripleFault { .. } => 3,
             ExitReason::GuestPanic => 4,
             ExitReason::Stopped { .. } => 5,
@@ -47,6 +51,8 @@ impl std::fmt::Display for ExitReason {
             ExitReason::GuestPanic => write!(f, "guest kernel panic"),
             ExitReason::Stopped { signal } => write!(f, "stopped by signal {signal}"),
             ExitReason::InternalError(e) => write!(f, "internal error: {e}"),
+            ExitReason::SnapshotRequested => write!(f, "snapshot requested"),
+            ExitReason::Snapshotted(dir) => write!(f, "snapshot written to {}", dir.display()),
         }
     }
 }

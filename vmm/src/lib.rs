@@ -14,6 +14,7 @@ pub mod exit;
 pub mod logger;
 pub mod memory;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 

@@ -192,7 +192,7 @@ fn tmpfile(dir: &std::path::Path) -> Result<File, MemoryError> {
         })
 }
 
-fn memfd(name: &str) -> Result<File, MemoryError> {
+pub(crate) fn memfd(name: &str) -> Result<File, MemoryError> {
     let name = CString::new(name).map_err(|e| MemoryError::Memfd(std::io::Error::other(e)))?;
     // SAFETY: `name` is a valid NUL-terminated string; the flags are valid memfd flags.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };

@@ -95,6 +95,19 @@ impl Vcpu {
 
     /// Normalized CPUID, MSRs, FPU, LINT pins, and registers for 64-bit entry at `entry`.
     pub fn configure_linux(&self, vm: &Vm, n_vcpus: u8, entry: u64) -> Result<(), VcpuError> {
+        self.set_cpuid(vm, n_vcpus)?;
+        let id = self.id;
+        let r = |err| VcpuError::Regs { id, err };
+        regs::setup_msrs(&self.fd).map_err(r)?;
+        regs::setup_regs(&self.fd, entry).map_err(r)?;
+        regs::setup_fpu(&self.fd).map_err(r)?;
+        regs::setup_sregs(&self.fd).map_err(r)?;
+        regs::setup_lint(&self.fd).map_err(r)?;
+        Ok(())
+    }
+
+    /// The normalized CPUID (at boot, and before a template's state is put back).
+    pub fn set_cpuid(&self, vm: &Vm, n_vcpus: u8) -> Result<(), VcpuError> {
         let mut cpuid = vm.supported_cpuid().clone();
         let extras = cpuid::Extras {
             tsc_deadline: vm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
@@ -106,13 +119,6 @@ impl Vcpu {
             id: self.id,
             err,
         })?;
-        let id = self.id;
-        let r = |err| VcpuError::Regs { id, err };
-        regs::setup_msrs(&self.fd).map_err(r)?;
-        regs::setup_regs(&self.fd, entry).map_err(r)?;
-        regs::setup_fpu(&self.fd).map_err(r)?;
-        regs::setup_sregs(&self.fd).map_err(r)?;
-        regs::setup_lint(&self.fd).map_err(r)?;
         Ok(())
     }
 
@@ -226,24 +232,37 @@ impl Vcpu {
         }
     }
 
-    /// Runs until the guest or the vmm ends the VM.
-    pub fn run(mut self, shared: VcpuShared) {
+    /// Runs until the guest or the vmm ends the VM; gives the vCPU back (a template's
+    /// state is read from it afterwards).
+    pub fn run(mut self, shared: VcpuShared) -> Vcpu {
         if shared.seccomp {
             if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
                 shared.exit.send(ExitReason::InternalError(e.to_string()));
-                return;
+                return self;
             }
         }
         while !shared.stop.load(Ordering::SeqCst) {
             if let Step::Exit(reason) = self.step(&shared) {
                 shared.exit.send(reason);
-                return;
+                return self;
             }
         }
+        self.complete_pending_io();
+        self
+    }
+
+    /// Lets KVM finish the instruction of the last port or MMIO exit (an IN's value goes
+    /// into the register only on the next KVM_RUN): KVM_RUN with `immediate_exit` set does
+    /// that and returns at once without running the guest. Registers read before it would
+    /// lose the access (KVM's API documentation asks for this before saving state).
+    fn complete_pending_io(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
     }
 
     /// Starts the vCPU thread.
-    pub fn spawn(self, shared: VcpuShared) -> Result<JoinHandle<()>, VcpuError> {
+    pub fn spawn(self, shared: VcpuShared) -> Result<JoinHandle<Vcpu>, VcpuError> {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
@@ -254,14 +273,19 @@ impl Vcpu {
 }
 
 /// Stops vCPU threads: raises the stop flag, then kicks each thread until it has left.
-pub fn stop_all(stop: &AtomicBool, handles: Vec<JoinHandle<()>>) {
+/// Returns the vCPUs of the threads that ended normally.
+pub fn stop_all(stop: &AtomicBool, handles: Vec<JoinHandle<Vcpu>>) -> Vec<Vcpu> {
     stop.store(true, Ordering::SeqCst);
+    let mut vcpus = Vec::with_capacity(handles.len());
     for h in handles {
         // A kick can land just before the thread re-enters KVM_RUN; repeat until it leaves.
         while !h.is_finished() {
             let _ = h.kill(kick_signal());
             std::thread::sleep(Duration::from_millis(5));
         }
-        let _ = h.join();
+        if let Ok(v) = h.join() {
+            vcpus.push(v);
+        }
     }
+    vcpus
 }

@@ -8,6 +8,10 @@ struct Dummy {
     notified: Vec<usize>,
     resets: u32,
     fail: bool,
+    /// Queue positions handed over at activation.
+    positions: Vec<(u16, u16)>,
+    /// Behave as a vhost-user device (kicks go to a backend).
+    vhost: bool,
 }
 
 impl VirtioDevice for Dummy {
@@ -29,7 +33,15 @@ impl VirtioDevice for Dummy {
             return Err(ActivateError::Device("nope".into()));
         }
         self.activated = true;
+        self.positions = a
+            .queues
+            .iter()
+            .map(|q| (q.next_avail(), q.next_used()))
+            .collect();
         Ok(())
+    }
+    fn uses_queue_events(&self) -> bool {
+        !self.vhost
     }
     fn reset(&mut self, _: &mut dyn EventRegistry) {
         self.activated = false;
@@ -204,4 +216,106 @@ fn hostile_register_values() {
     wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
     wr(&mut t, 0x70, STATUS_ACKNOWLEDGE);
     assert_eq!(rd(&mut t, 0x70), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+}
+
+fn set_ring_idx(t: &MmioTransport<Dummy>, addr: u64, idx: u16) {
+    vm_memory::Bytes::store(
+        &t.mem,
+        idx,
+        vm_memory::GuestAddress(addr + 2),
+        Ordering::Release,
+    )
+    .unwrap();
+}
+
+#[test]
+fn snapshot_state_round_trips_into_a_new_transport() {
+    let mut t = transport(false);
+    bring_up(&mut t);
+    // The device has used 5 chains of queue 0 and none of queue 1.
+    set_ring_idx(&t, 0x10200, 5);
+    set_ring_idx(&t, 0x20200, 0);
+    t.interrupt().signal(INT_CONFIG);
+    let s = t.save().unwrap();
+    assert!(s.active);
+    assert_eq!(s.device_type, 42);
+    assert_eq!(s.acked_features, VIRTIO_F_VERSION_1 | 1 << 5);
+    assert_eq!(s.interrupt_status, INT_CONFIG);
+    assert_eq!(s.queues[0].used_idx, 5);
+    assert_eq!(s.queues[0].desc, 0x10000);
+    assert_eq!(s.queues[1].used, 0x20200);
+
+    let mut n = transport(false);
+    n.restore(&s).unwrap();
+    assert_eq!(n.state(), DeviceState::Activating);
+    assert_eq!(rd(&mut n, 0x70), s.status);
+    assert_eq!(rd(&mut n, 0x60), INT_CONFIG);
+    // The interrupt is raised again: it may not have reached the template's irqchip.
+    assert_eq!(n.interrupt().eventfd().read().unwrap(), 1);
+    n.handle_event(TOKEN_ACTIVATE, EventSet::IN, &mut NoRegistry);
+    assert_eq!(n.state(), DeviceState::Active);
+    assert_eq!(n.device().positions, vec![(5, 5), (0, 0)]);
+    // The restored transport saves to the same state (its RAM would be the template's).
+    set_ring_idx(&n, 0x10200, 5);
+    assert_eq!(n.save().unwrap(), s);
+    // Active: the driver can no longer reconfigure queues.
+    wr(&mut n, 0x30, 0);
+    wr(&mut n, 0x38, 8);
+    assert_eq!(n.save().unwrap().queues[0].size, 16);
+}
+
+#[test]
+fn snapshot_of_an_inactive_transport_restores_inactive() {
+    let t = transport(false);
+    let s = t.save().unwrap();
+    assert!(!s.active);
+    let mut n = transport(false);
+    n.restore(&s).unwrap();
+    assert_eq!(n.state(), DeviceState::Inactive);
+}
+
+#[test]
+fn snapshot_refuses_vhost_user_requests_in_flight() {
+    let mut t = MmioTransport::new(
+        Dummy {
+            vhost: true,
+            ..Default::default()
+        },
+        mem(),
+        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+    )
+    .unwrap();
+    bring_up(&mut t);
+    set_ring_idx(&t, 0x10100, 3); // avail: the driver made 3 requests
+    set_ring_idx(&t, 0x10200, 2); // used: the backend answered 2
+    set_ring_idx(&t, 0x20100, 0);
+    set_ring_idx(&t, 0x20200, 0);
+    assert!(matches!(
+        t.save(),
+        Err(crate::snapshot::SnapshotError::NotQuiescent(_))
+    ));
+    set_ring_idx(&t, 0x10200, 3);
+    assert_eq!(t.save().unwrap().queues[0].used_idx, 3);
+}
+
+#[test]
+fn restore_refuses_another_device_or_unoffered_features() {
+    let mut t = transport(false);
+    bring_up(&mut t);
+    set_ring_idx(&t, 0x10200, 0);
+    set_ring_idx(&t, 0x20200, 0);
+    let s = t.save().unwrap();
+    let mut other = TransportState {
+        device_type: 7,
+        ..s.clone()
+    };
+    let mut n = transport(false);
+    assert!(n.restore(&other).is_err());
+    other.device_type = 42;
+    other.acked_features |= 1 << 9;
+    assert!(n.restore(&other).is_err());
+    other.acked_features = s.acked_features;
+    other.queues.pop();
+    assert!(n.restore(&other).is_err());
+    assert_eq!(n.state(), DeviceState::Inactive);
 }

@@ -177,6 +177,9 @@ pub fn copy_queue(q: &Queue) -> Queue {
         Some((q.used_ring() >> 32) as u32),
     );
     n.set_ready(q.ready());
+    // Non-zero only for a VM restored from a template (see `snapshot`).
+    n.set_next_avail(q.next_avail());
+    n.set_next_used(q.next_used());
     n
 }
 

@@ -136,7 +136,8 @@ impl Fs {
                     log_addr: None,
                 },
             )?;
-            self.frontend.set_vring_base(i, 0)?;
+            // 0 at boot; where the template left it for a restored VM.
+            self.frontend.set_vring_base(i, q.next_avail())?;
             self.frontend.set_vring_call(i, &self.calls[i])?;
             self.frontend.set_vring_kick(i, kick)?;
             if self.protocol_features.is_some() {

@@ -59,6 +59,10 @@ impl Vsock {
         &self.muxer
     }
 
+    pub fn muxer_mut(&mut self) -> &mut Muxer {
+        &mut self.muxer
+    }
+
     /// Takes packets from the guest's TX queue; returns how many chains were consumed.
     pub fn process_tx(&mut self, reg: &mut dyn EventRegistry) -> usize {
         let State::Active(a) = &mut self.state else {

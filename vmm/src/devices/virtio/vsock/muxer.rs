@@ -55,6 +55,9 @@ pub struct Muxer {
     rsts: VecDeque<Header>,
     next_token: u32,
     next_host_port: u32,
+    /// Template mode: the host port whose guest connection is refused and reported here
+    /// instead of forwarded (see `snapshot`).
+    trap: Option<(u32, Box<dyn FnMut() + Send>)>,
 }
 
 impl std::fmt::Debug for Muxer {
@@ -95,7 +98,13 @@ impl Muxer {
             rsts: VecDeque::new(),
             next_token: TOKEN_LISTENER + 1,
             next_host_port: HOST_PORT_BASE,
+            trap: None,
         })
+    }
+
+    /// Refuses every guest connection to host port `port` and calls `hit` for each.
+    pub fn trap_port(&mut self, port: u32, hit: Box<dyn FnMut() + Send>) {
+        self.trap = Some((port, hit));
     }
 
     pub fn init_events(&mut self, reg: &mut dyn EventRegistry) {
@@ -217,6 +226,13 @@ impl Muxer {
     pub fn from_guest(&mut self, h: &Header, payload: &[u8], reg: &mut dyn EventRegistry) {
         let key = (h.dst_port, h.src_port);
         if h.op == OP_REQUEST {
+            if let Some((port, hit)) = &mut self.trap {
+                if h.dst_port == *port {
+                    hit();
+                    self.reset_for(h);
+                    return;
+                }
+            }
             if self.conns.contains_key(&key) || self.connection_count() >= MAX_CONNECTIONS {
                 self.reset_for(h);
                 return;
