@@ -154,7 +154,7 @@ impl Default for Config {
             boot_timeout_secs: 30,
             state_dir: "/run/husk".into(),
             vm_template: true,
-            template_dir: "/run/husk/templates".into(),
+            template_dir: "/run/husk/.templates".into(),
         }
     }
 }
@@ -237,7 +237,7 @@ mod tests {
         assert_eq!(parse("").unwrap(), Config::default());
         let c = Config::default();
         assert!(c.vm_template);
-        assert_eq!(c.template_dir, PathBuf::from("/run/husk/templates"));
+        assert_eq!(c.template_dir, PathBuf::from("/run/husk/.templates"));
     }
 
     #[test]

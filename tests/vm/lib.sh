@@ -134,7 +134,7 @@ boot_timeout_secs = 120
 log_level = "${HUSK_TEST_LOG_LEVEL:-debug}"
 # VM templates (the default): made by the first pod of a shape, shared by later tests
 vm_template = ${HUSK_TEST_VM_TEMPLATE:-true}
-template_dir = "/run/husk/templates"
+template_dir = "/run/husk/.templates"
 TOML
   start_containerd "$w" HUSK_CONFIG="$w/husk.toml" PATH="$w/bin:$PATH"
   # The pod directory goes with the pod: keep copies of its logs for failures. Only what
