@@ -8,6 +8,10 @@
 #     touched, counted once (the guest RAM file is shared by the vmm and virtiofsd: the
 #     larger of their guest RAM mappings' RSS)
 #   BENCH shim_rss_mib: the shim's VmRSS in that idle pod
+#   BENCH ctr_run_husk_first_ms: the warm-up husk run, which makes the VM template of
+#     that pod shape (a boot and a snapshot) before restoring from it
+#   BENCH vm_template_mib: the host memory the templates hold (their files in tmpfs), once
+#     per VM shape, shared by every pod of that shape and in no pod's figure above
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../../.." && pwd)
 . "$top/tests/vm/lib.sh"
@@ -27,7 +31,10 @@ run_true() { # run_true RUNTIME ID
 
 # --- ctr run --rm true: husk vs runc, alternated after one warm-up run of each
 run_true io.containerd.runc.v2 warm-runc || fail "runc run failed"
+t0=$(date +%s%N)
 run_true io.containerd.husk.v2 warm-husk || fail "husk run failed"
+first=$(ms "$t0")
+grep -E 'template .* made|restored from template|cold-booted' "$w/containerd.log" | cut -c1-200 >&2 || true
 h=() r=()
 for i in $(seq "$ROUNDS"); do
   t0=$(date +%s%N); run_true io.containerd.runc.v2 "runc-$i" || fail "runc run $i failed"; r+=("$(ms "$t0")")
@@ -42,6 +49,11 @@ rm_=$(printf '%s\n' "${r[@]}" | median)
 echo "BENCH ctr_run_husk_ms $hm ms"
 echo "BENCH ctr_run_runc_ms $rm_ ms"
 echo "BENCH ctr_run_ratio_vs_runc $(awk -v h="$hm" -v r="$rm_" 'BEGIN {printf "%.2f", h / r}') x"
+echo "BENCH ctr_run_husk_first_ms $first ms"
+tdir=$(awk -F'"' '/^template_dir/ {print $2}' "$w/husk.toml" 2>/dev/null || true)
+if [ -n "$tdir" ] && [ -d "$tdir" ]; then
+  echo "BENCH vm_template_mib $(du -sk "$tdir" | awk '{printf "%.1f", $1 / 1024}') MiB"
+fi
 
 # --- an idle pod's host memory
 c run -d --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" idle /bin/sleep 100000 </dev/null
