@@ -25,6 +25,22 @@ pub fn shared_pid_ns_path(id: &str) -> String {
     format!("{SHARED_PID_NS_DIR}/{id}")
 }
 
+/// The MAC a VM template's NIC number `index` has (locally administered, "husk"). A pod's
+/// VM restored from a template keeps the MACs its guest driver read at the template's boot;
+/// ConfigureNetwork gives the pod's MAC to the NIC that still has this one.
+pub fn template_mac(index: u8) -> [u8; 6] {
+    [0x02, 0x68, 0x75, 0x73, 0x6b, index]
+}
+
+/// [`template_mac`] as `aa:bb:cc:dd:ee:ff`.
+pub fn template_mac_string(index: u8) -> String {
+    template_mac(index)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// Protobuf messages of the agent API.
 #[allow(clippy::all, clippy::unwrap_used, clippy::undocumented_unsafe_blocks)]
 #[allow(missing_docs, unused, nonstandard_style)]

@@ -44,7 +44,7 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(60);
 /// template being made under the 107 bytes a unix socket path may have.
 const KEY_HEX_DIGITS: usize = 32;
 /// Bumped when what a key covers changes.
-const KEY_VERSION: u32 = 1;
+const KEY_VERSION: u32 = 2;
 
 /// A complete template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,11 +54,11 @@ pub struct Template {
     pub dir: PathBuf,
 }
 
-/// Whether a pod's VM may come from a template. Pods with a network namespace (CRI
-/// pods) boot their own, for now: a restore needs the template's device list, and a
-/// template made with a NIC would carry its maker's MAC into every pod restored from it.
-pub fn applies(cfg: &Config, req: &VmRequest) -> bool {
-    cfg.vm_template && req.netns.is_none()
+/// Whether a pod's VM may come from a template. A pod with a network namespace (a CRI
+/// pod) gets one made with as many NICs: detached ones (no tap) with the template MACs
+/// ([`husk_protocol::template_mac`]), which ConfigureNetwork replaces by the pod's.
+pub fn applies(cfg: &Config, _req: &VmRequest) -> bool {
+    cfg.vm_template
 }
 
 /// What identifies a file's contents without reading it: replaced or rewritten, one of
@@ -113,7 +113,7 @@ pub fn key_from(vm: &Value, files: &[FileId; 3]) -> Result<String, String> {
         .unwrap_or_default();
     let mut text = format!(
         "husk-template {KEY_VERSION}\nkernel {:?}\ninitrd {:?}\ncmdline {:?}\nvcpus {}\n\
-         mem_mib {}\nguest_cid {}\nfs {:?}\nfree_page_reporting {}\n",
+         mem_mib {}\nguest_cid {}\nfs {:?}\nfree_page_reporting {}\nnics {}\n",
         str_field(vm, "kernel")?,
         str_field(vm, "initrd")?,
         str_field(vm, "cmdline")?,
@@ -122,6 +122,7 @@ pub fn key_from(vm: &Value, files: &[FileId; 3]) -> Result<String, String> {
         num(&vm["vsock"]["guest_cid"], "guest_cid")?,
         tags,
         vm["free_page_reporting"].as_bool().unwrap_or(false),
+        vm["net"].as_array().map_or(0, Vec::len),
     );
     for (name, f) in ["kernel", "initrd", "vmm"].iter().zip(files) {
         text.push_str(&format!("{name}-file {} {} {}\n", f.len, f.mtime_ns, f.ino));
@@ -293,6 +294,16 @@ pub fn template_config(
         for k in ["net", "restore_from", "mem_dir"] {
             o.remove(k);
         }
+    }
+    // The pod's NICs, detached (the template VM has no tap) and with the template MACs.
+    let nics = vm["net"].as_array().map_or(0, Vec::len);
+    if nics > 0 {
+        t["net"] = (0..nics)
+            .map(|i| {
+                let i = u8::try_from(i).unwrap_or(u8::MAX);
+                json!({ "detached": true, "mac": husk_protocol::template_mac_string(i) })
+            })
+            .collect();
     }
     t["vsock"]["socket"] = json!(tmp.join("vsock.sock"));
     if let Some(fs) = t["fs"].as_array_mut() {

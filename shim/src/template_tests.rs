@@ -54,7 +54,7 @@ fn the_key_of_a_shape_is_fixed_across_builds() {
     };
     let k = key_from(&vm, &[f(1), f(2), f(3)]).unwrap();
     // SHA-256 of the key text (checked with Python's hashlib), first 128 bits.
-    assert_eq!(k, "72173a1c707d5145101e65186fee8a85");
+    assert_eq!(k, "5048c5c94d6051d5cd3ae5d9ab91eb1e");
     assert_eq!(key_from(&vm, &[f(1), f(2), f(3)]).unwrap(), k);
 }
 
@@ -85,6 +85,19 @@ fn the_key_follows_the_guest_and_the_binaries_not_the_pod() {
     assert_ne!(key_of(&h, &req), k);
     h.config_mut().free_page_reporting = true;
     assert_eq!(key_of(&h, &req), k);
+    // A NIC: the template needs one too; its tap and MAC are the pod's, not in the key.
+    let mut vm = h.vm_config(&req);
+    let files = [
+        FileId::of(&h.config().kernel).unwrap(),
+        FileId::of(&h.config().rootfs).unwrap(),
+        FileId::of(&h.config().vmm).unwrap(),
+    ];
+    assert_eq!(key_from(&vm, &files).unwrap(), k);
+    vm["net"] = json!([{ "tap": "husk_tap0", "mac": "02:00:00:00:00:01" }]);
+    let with_nic = key_from(&vm, &files).unwrap();
+    assert_ne!(with_nic, k);
+    vm["net"] = json!([{ "tap": "husk_tap0", "mac": "0a:58:0a:58:00:07" }]);
+    assert_eq!(key_from(&vm, &files).unwrap(), with_nic);
     // The files: a kernel touched, an initrd replaced, a new vmm binary.
     let kernel = h.config().kernel.clone();
     let f = std::fs::File::options().write(true).open(&kernel).unwrap();
@@ -128,7 +141,12 @@ fn the_template_vm_has_its_own_sockets_and_snapshots() {
     assert_eq!(t["fs"][0]["tag"], vm["fs"][0]["tag"]);
     assert_eq!(t["snapshot_to"], json!(tmp.join("snap")));
     assert_eq!(t["serial"], "none");
-    assert!(t.get("net").is_none() && t.get("mem_dir").is_none());
+    assert!(t.get("mem_dir").is_none());
+    // The pod's NIC becomes a detached one with the template MAC (no tap, no pod MAC).
+    assert_eq!(
+        t["net"],
+        json!([{ "detached": true, "mac": "02:68:75:73:6b:00" }])
+    );
     for k in [
         "kernel",
         "initrd",
@@ -153,14 +171,13 @@ fn the_template_vm_has_its_own_sockets_and_snapshots() {
 }
 
 #[test]
-fn only_pods_without_a_network_namespace_use_templates() {
+fn pods_use_templates_unless_turned_off() {
     let d = TempDir::new("tapp");
     let mut cfg = Config::default();
     let mut req = request(d.path(), "p1");
     assert!(applies(&cfg, &req));
     req.netns = Some("/var/run/netns/cni-1".into());
-    assert!(!applies(&cfg, &req));
-    req.netns = None;
+    assert!(applies(&cfg, &req));
     cfg.vm_template = false;
     assert!(!applies(&cfg, &req));
 }

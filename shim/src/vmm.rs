@@ -98,6 +98,17 @@ impl HuskVmm {
         &mut self.cfg
     }
 
+    /// The pod's vm.json as far as its template needs it: a pod with a network namespace
+    /// gets one NIC (its tap and MAC are known only once the network is attached, and are
+    /// the pod's, not the template's).
+    pub fn template_shape(&self, req: &VmRequest) -> serde_json::Value {
+        let mut vm = self.vm_config(req);
+        if req.netns.is_some() {
+            vm["net"] = json!([{ "tap": "" }]);
+        }
+        vm
+    }
+
     /// husk-vmm's config file for this pod (its `VmConfig`, JSON).
     pub fn vm_config(&self, req: &VmRequest) -> serde_json::Value {
         let mut cmdline = BASE_CMDLINE.to_string();
@@ -245,7 +256,7 @@ impl VmLauncher for HuskVmm {
         // Restore from a template when there is one (made now by the first pod of its
         // shape), else boot.
         let mut template = if crate::template::applies(&self.cfg, req) {
-            crate::template::ensure(&self.cfg, &self.vm_config(req)).await
+            crate::template::ensure(&self.cfg, &self.template_shape(req)).await
         } else {
             None
         };

@@ -557,13 +557,22 @@ async fn a_template_a_vm_cannot_be_restored_from_is_removed_and_the_pod_boots() 
 }
 
 #[tokio::test]
-async fn pods_with_a_network_namespace_never_use_templates() {
+async fn a_pod_whose_network_cannot_be_attached_makes_no_template() {
     let (_d, h, mut req) = with_templates(&template_vmm(MAKES_SNAPSHOT, ""));
     req.netns = Some(h.cfg.template_dir.with_file_name("no-such-netns"));
-    // The namespace does not exist: the launch fails attaching it, before any VM.
+    // The namespace does not exist: the launch fails attaching it, before the pod's VM.
     assert!(h.launch(&req).await.is_err());
-    assert!(!h.cfg.template_dir.exists());
-    assert_eq!(vmm_runs(&h, "vmm-runs"), 0);
+    assert!(!req.pod_dir.join("vm.json").exists());
+    // The template (of a pod with one NIC) was made first; the next such pod uses it.
+    assert_eq!(vmm_runs(&h, "vmm-runs"), 1);
+    assert_eq!(vmm_runs(&h, "template-runs"), 1);
+    let key = crate::template::key(&h.template_shape(&req), &h.cfg.vmm).unwrap();
+    assert_ne!(
+        key,
+        crate::template::key(&h.vm_config(&req), &h.cfg.vmm).unwrap(),
+        "a pod with a NIC and one without share a template"
+    );
+    assert!(h.cfg.template_dir.join(&key).join("state.json").exists());
 }
 
 #[tokio::test]

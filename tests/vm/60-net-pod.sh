@@ -39,6 +39,12 @@ guest_mac=$(cri_exec "$srv" cat /sys/class/net/eth0/address)
 guest_mtu=$(cri_exec "$srv" cat /sys/class/net/eth0/mtu)
 say "veth eth0 in $ns: mac $veth_mac mtu $veth_mtu; tap mtu $tap_mtu; guest eth0: mac $guest_mac mtu $guest_mtu"
 [ -n "$veth_mac" ] && [ "$guest_mac" = "$veth_mac" ] || fail "guest MAC $guest_mac, veth MAC $veth_mac"
+# With VM templates the guest's NIC came up with the template's MAC: the agent gave it the
+# pod's (the check above); say that this pod was indeed restored.
+if [ "${HUSK_TEST_VM_TEMPLATE:-true}" = true ]; then
+  grep -q 'the agent answered .* (restored from template ' "$w/containerd.log" \
+    || fail "no pod was restored from a VM template: $(grep -o 'the agent answered [^"]*' "$w/containerd.log" | head -3)"
+fi
 [ -n "$veth_mtu" ] && [ "$guest_mtu" = "$veth_mtu" ] || fail "guest MTU $guest_mtu, veth MTU $veth_mtu"
 [ "$tap_mtu" = "$veth_mtu" ] || fail "tap MTU $tap_mtu, veth MTU $veth_mtu"
 for dev in eth0 husk_tap0; do

@@ -38,6 +38,9 @@ state_dir = "$rundir"
 debug_console = true
 boot_timeout_secs = 120
 log_level = "debug"
+# VM templates (the default), as in lib.sh: CRI pods get theirs with a NIC
+vm_template = ${HUSK_TEST_VM_TEMPLATE:-true}
+template_dir = "/run/husk/.templates"
 TOML
 cat > "$w/cni/10-husk.conflist" <<JSON
 {"cniVersion": "0.4.0", "name": "husk-test", "plugins": [

@@ -87,9 +87,15 @@ pub struct VsockConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
+    /// The tap's name (unused when `detached`).
+    #[serde(default)]
     pub tap: String,
     #[serde(default)]
     pub mac: Option<String>,
+    /// No backend: what the guest sends is dropped and nothing arrives. For template VMs
+    /// (`snapshot_to`), whose NIC a restored pod's VM connects to its own tap.
+    #[serde(default)]
+    pub detached: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -242,14 +248,21 @@ impl VmConfig {
                 why: "the snapshot is triggered over vsock: configure a vsock device",
             });
         }
-        if self.restore_from.is_some() && !self.net.is_empty() {
-            // The guest's NIC would keep the template's MAC and the tap's offloads would
-            // not be set: not supported yet.
-            return Err(ConfigError::Invalid {
-                what: "restore_from",
-                value: String::new(),
-                why: "a VM with a network device cannot be restored from a snapshot yet",
-            });
+        for n in &self.net {
+            if n.detached && self.snapshot_to.is_none() {
+                return Err(ConfigError::Invalid {
+                    what: "net",
+                    value: n.tap.clone(),
+                    why: "a detached NIC is for template VMs (snapshot_to) only",
+                });
+            }
+            if !n.detached && n.tap.is_empty() {
+                return Err(ConfigError::Invalid {
+                    what: "net",
+                    value: String::new(),
+                    why: "a NIC needs a tap (or detached, in a template VM)",
+                });
+            }
         }
         if let Some(v) = &self.vsock {
             if v.guest_cid < 3 {
@@ -364,6 +377,7 @@ impl NetConfig {
         let mut n = NetConfig {
             tap: String::new(),
             mac: None,
+            detached: false,
         };
         for (i, (k, v)) in parse_kv(s).into_iter().enumerate() {
             match (k, v) {
@@ -474,9 +488,22 @@ mod tests {
         c.snapshot_to = None;
         c.validate().unwrap();
         c.net.push(NetConfig {
-            tap: "tap0".into(),
+            tap: String::new(),
             mac: None,
+            detached: true,
         });
+        // A detached NIC only in a template VM; a restored VM's NIC needs its tap.
+        assert!(c.validate().is_err());
+        c.net[0].tap = "tap0".into();
+        c.net[0].detached = false;
+        c.validate().unwrap();
+        c.restore_from = None;
+        c.snapshot_to = Some("/t".into());
+        c.net[0].detached = true;
+        c.validate().unwrap();
+        c.net[0].tap = String::new();
+        c.validate().unwrap();
+        c.net[0].detached = false;
         assert!(c.validate().is_err());
     }
 

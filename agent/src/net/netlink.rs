@@ -196,13 +196,50 @@ fn write(path: &Path, text: &str) -> Result<(), NetError> {
     })
 }
 
+/// The link message that gives `index` the MAC `mac` (the link must be down).
+pub fn link_mac(index: u32, mac: &[u8; 6]) -> LinkMessage {
+    let mut l = LinkMessage::default();
+    l.header.index = index;
+    l.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    l
+}
+
+/// The device of the plan's interface number `n`: the one with its MAC or, in a VM
+/// restored from a template, the one with the template's MAC for that NIC
+/// ([`husk_protocol::template_mac`]), which then gets the interface's MAC. Only that MAC
+/// is ever rewritten, and only while the link is still down (before `apply_iface`), so the
+/// IPv6 link-local address the kernel makes at link-up comes from the pod's MAC.
+fn device_for(
+    rtnl: &mut Rtnl,
+    sys_class_net: &Path,
+    n: usize,
+    mac: &[u8; 6],
+) -> Result<u32, NetError> {
+    match find_device(sys_class_net, mac) {
+        Err(NetError::NoDevice(want)) => {
+            let Ok(n) = u8::try_from(n) else {
+                return Err(NetError::NoDevice(want));
+            };
+            let index = find_device(sys_class_net, &husk_protocol::template_mac(n))
+                .map_err(|_| NetError::NoDevice(want))?;
+            rtnl.request(
+                "setting the MAC of a template's NIC",
+                RouteNetlinkMessage::SetLink(link_mac(index, mac)),
+                0,
+            )?;
+            Ok(index)
+        }
+        found => found,
+    }
+}
+
 /// Configures every interface of the plan (its device found by MAC under
-/// `sys_class_net`), then writes `etc`/hosts and `etc`/resolv.conf.
+/// `sys_class_net`, see [`device_for`]), then writes `etc`/hosts and `etc`/resolv.conf.
 pub fn apply(plan: &NetworkPlan, sys_class_net: &Path, etc: &Path) -> Result<(), NetError> {
     if !plan.interfaces.is_empty() {
         let mut rtnl = Rtnl::open()?;
-        for i in &plan.interfaces {
-            let index = find_device(sys_class_net, &i.mac)?;
+        for (n, i) in plan.interfaces.iter().enumerate() {
+            let index = device_for(&mut rtnl, sys_class_net, n, &i.mac)?;
             apply_iface(&mut rtnl, index, i)?;
         }
     }
@@ -237,6 +274,18 @@ mod tests {
             Err(NetError::NoDevice(_))
         ));
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn template_mac_message() {
+        let l = link_mac(4, &[0x0a, 0x58, 0, 0, 0, 5]);
+        assert_eq!(l.header.index, 4);
+        assert!(l
+            .attributes
+            .contains(&LinkAttribute::Address(vec![0x0a, 0x58, 0, 0, 0, 5])));
+        // Only the address changes: the link's flags are left alone.
+        assert_eq!(l.header.change_mask, LinkFlags::empty());
+        assert_eq!(husk_protocol::template_mac_string(1), "02:68:75:73:6b:01");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use vmm_sys_util::epoll::EventSet;
 use super::features::{tap_offloads, OFFERED, VIRTIO_NET_F_MRG_RXBUF};
 use super::header::NetHdr;
 use super::rx::{self, Outcome};
-use super::tap::{self, SetOffload, TunSetOffload};
+use super::tap::{self, NoOffload, SetOffload, TunSetOffload};
 use super::{parse_mac, NetError, HDR_LEN, MAX_FRAME};
 use crate::config::NetConfig;
 use crate::devices::virtio::{
@@ -64,6 +64,9 @@ impl Net {
             Some(m) => parse_mac(m)?,
             None => [0x06, 0x00, 0x48, 0x55, 0x53, 0x4b],
         };
+        if cfg.detached {
+            return Ok(Net::with_tap(tap::detached()?, mac, Box::new(NoOffload)));
+        }
         Ok(Net::with_tap(
             tap::open(&cfg.tap)?,
             mac,

@@ -29,6 +29,8 @@ pub enum NetError {
     Tap { name: String, err: std::io::Error },
     #[error("invalid MAC address {0:?}")]
     Mac(String),
+    #[error("creating a detached NIC's socket: {0}")]
+    Detached(std::io::Error),
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.

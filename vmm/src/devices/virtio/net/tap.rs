@@ -76,11 +76,51 @@ impl SetOffload for TunSetOffload {
     }
 }
 
+/// A detached NIC's stand-in for a tap: one end of a datagram socket pair whose other end
+/// is closed, so it is never readable (no frame arrives, the event loop never wakes for it)
+/// and a write fails at once (the frame is dropped, as a full tap queue drops it).
+pub fn detached() -> Result<File, NetError> {
+    let (ours, theirs) = std::os::unix::net::UnixDatagram::pair().map_err(NetError::Detached)?;
+    ours.set_nonblocking(true).map_err(NetError::Detached)?;
+    // Not shutdown(SHUT_RD): that makes the socket readable (EOF) for good and would spin
+    // the event loop. A datagram peer's close leaves ours quiet.
+    drop(theirs);
+    Ok(File::from(std::os::fd::OwnedFd::from(ours)))
+}
+
+/// A detached NIC has no offloads to set.
+#[derive(Debug, Default)]
+pub struct NoOffload;
+
+impl SetOffload for NoOffload {
+    fn set_offload(&mut self, _: &File, _: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn bad_names_refused() {
         assert!(super::open("").is_err());
         assert!(super::open("a-name-far-too-long").is_err());
+    }
+
+    #[test]
+    fn a_detached_tap_never_delivers_and_drops_writes() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let mut t = super::detached().unwrap();
+        let mut p = libc::pollfd {
+            fd: t.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd that lives across the call, zero timeout.
+        let ready = unsafe { libc::poll(&mut p, 1, 0) };
+        assert_eq!(ready, 0, "readable: {:#x}", p.revents);
+        let mut b = [0u8; 64];
+        assert!(t.read(&mut b).is_err());
+        assert!(t.write(&[1, 2, 3]).is_err());
     }
 }
