@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::legacy::serial::SerialSnapshot;
+use crate::devices::legacy::serial::SerialState;
 use crate::devices::virtio::mmio::TransportState;
 
 /// The snapshot's vCPU, VM and device state (JSON).
@@ -84,7 +84,8 @@ pub struct Snapshot {
     pub mem_size: u64,
     pub vm: kvm_state::VmState,
     pub vcpus: Vec<kvm_state::VcpuState>,
-    pub serial: SerialSnapshot,
+    #[serde(with = "crate::devices::legacy::serial::SerialStateDef")]
+    pub serial: SerialState,
     /// The virtio-mmio transports in slot order.
     pub devices: Vec<TransportState>,
 }

@@ -69,25 +69,38 @@ fn regions(mem: &GuestMemory) -> Result<Vec<(u64, u64, u64, &File)>, SnapshotErr
         .collect()
 }
 
+/// Where the data extents of a file laid out as guest RAM go: (guest address, offset in
+/// the file, length). `src` is that file; without it, each region's own backing file.
+fn placed_extents(
+    mem: &GuestMemory,
+    src: Option<&File>,
+) -> Result<Vec<(u64, u64, u64)>, SnapshotError> {
+    let mut out = Vec::new();
+    for (gpa, len, fo, file) in regions(mem)? {
+        let ext = data_extents(src.unwrap_or(file), fo, fo + len)
+            .map_err(|e| SnapshotError::Memory(format!("finding the written pages: {e}")))?;
+        out.extend(ext.into_iter().map(|(off, n)| (gpa + (off - fo), off, n)));
+    }
+    Ok(out)
+}
+
+/// The length of the RAM file's layout.
+fn layout_len(mem: &GuestMemory) -> Result<u64, SnapshotError> {
+    Ok(regions(mem)?.iter().map(|r| r.2 + r.1).max().unwrap_or(0))
+}
+
 /// Writes guest RAM's data extents into a new sparse file at `path` (same layout).
 pub fn save(mem: &GuestMemory, path: &Path) -> Result<u64, SnapshotError> {
-    let regions = regions(mem)?;
-    let total = regions.iter().map(|r| r.2 + r.1).max().unwrap_or(0);
+    let total = layout_len(mem)?;
     let mut out = File::create(path).map_err(io("creating", path))?;
     out.set_len(total).map_err(io("sizing", path))?;
     let mut written = 0;
-    for (gpa, len, fo, file) in regions {
-        let ext = data_extents(file, fo, fo + len)
-            .map_err(|e| SnapshotError::Memory(format!("finding the written pages: {e}")))?;
-        for (off, n) in ext {
-            out.seek(SeekFrom::Start(off))
-                .map_err(io("seeking", path))?;
-            mem.write_all_volatile_to(GuestAddress(gpa + (off - fo)), &mut out, n as usize)
-                .map_err(|e| {
-                    SnapshotError::Memory(format!("saving {n:#x} bytes at {off:#x}: {e}"))
-                })?;
-            written += n;
-        }
+    for (gpa, off, n) in placed_extents(mem, None)? {
+        out.seek(SeekFrom::Start(off))
+            .map_err(io("seeking", path))?;
+        mem.write_all_volatile_to(GuestAddress(gpa), &mut out, n as usize)
+            .map_err(|e| SnapshotError::Memory(format!("saving {n:#x} bytes at {off:#x}: {e}")))?;
+        written += n;
     }
     out.sync_all().map_err(io("syncing", path))?;
     Ok(written)
@@ -97,25 +110,19 @@ pub fn save(mem: &GuestMemory, path: &Path) -> Result<u64, SnapshotError> {
 pub fn load(mem: &GuestMemory, path: &Path) -> Result<u64, SnapshotError> {
     let mut src = File::open(path).map_err(io("opening", path))?;
     let size = src.metadata().map_err(io("reading", path))?.len();
-    let regions = regions(mem)?;
-    let total = regions.iter().map(|r| r.2 + r.1).max().unwrap_or(0);
+    let total = layout_len(mem)?;
     if size != total {
         return Err(SnapshotError::Mismatch(format!(
             "its RAM file holds {size} bytes, the VM has {total}"
         )));
     }
     let mut read = 0;
-    for (gpa, len, fo, _) in regions {
-        let ext = data_extents(&src, fo, fo + len).map_err(io("reading the extents of", path))?;
-        for (off, n) in ext {
-            src.seek(SeekFrom::Start(off))
-                .map_err(io("seeking", path))?;
-            mem.read_exact_volatile_from(GuestAddress(gpa + (off - fo)), &mut src, n as usize)
-                .map_err(|e| {
-                    SnapshotError::Memory(format!("loading {n:#x} bytes at {off:#x}: {e}"))
-                })?;
-            read += n;
-        }
+    for (gpa, off, n) in placed_extents(mem, Some(&src))? {
+        src.seek(SeekFrom::Start(off))
+            .map_err(io("seeking", path))?;
+        mem.read_exact_volatile_from(GuestAddress(gpa), &mut src, n as usize)
+            .map_err(|e| SnapshotError::Memory(format!("loading {n:#x} bytes at {off:#x}: {e}")))?;
+        read += n;
     }
     Ok(read)
 }

@@ -1,6 +1,7 @@
 //! The 8250 UART at 0x3f8 (vm-superio) on the port I/O bus, interrupting on IRQ 4.
 
-use vm_superio::serial::{NoEvents, SerialState};
+use vm_superio::serial::NoEvents;
+pub use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -22,11 +23,13 @@ pub struct SerialDevice {
     inner: Serial<IrqTrigger, NoEvents, ConsoleWriter>,
 }
 
-/// The UART's registers in a VM template: the guest's 8250 driver programmed them at boot
-/// (interrupt enable above all: without it a restored guest's console writes would wait
-/// for a transmit interrupt that never comes).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SerialSnapshot {
+/// vm-superio's `SerialState` as a VM template stores it: the guest's 8250 driver
+/// programmed these registers at boot (interrupt enable above all: without it a restored
+/// guest's console writes would wait for a transmit interrupt that never comes). serde's
+/// remote derive, as vm-superio has no serde support.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(remote = "SerialState")]
+pub struct SerialStateDef {
     pub baud_divisor_low: u8,
     pub baud_divisor_high: u8,
     pub interrupt_enable: u8,
@@ -48,42 +51,18 @@ impl SerialDevice {
 
     /// A UART in the state `s` (from a template).
     pub fn from_snapshot(
-        s: &SerialSnapshot,
+        s: &SerialState,
         irq: IrqTrigger,
         out: ConsoleWriter,
     ) -> Result<Self, String> {
-        let state = SerialState {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer.clone(),
-        };
         Ok(SerialDevice {
-            inner: Serial::from_state(&state, irq, NoEvents, out)
+            inner: Serial::from_state(s, irq, NoEvents, out)
                 .map_err(|e| format!("serial state: {e:?}"))?,
         })
     }
 
-    pub fn snapshot(&self) -> SerialSnapshot {
-        let s = self.inner.state();
-        SerialSnapshot {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer,
-        }
+    pub fn snapshot(&self) -> SerialState {
+        self.inner.state()
     }
 }
 
