@@ -75,7 +75,8 @@ install: kernel rootfs vmm-release
 	  '# Pods start from a snapshot of a booted VM (a template), made by the first pod of each' \
 	  '# VM shape; templates hold guest RAM, so keep template_dir on a tmpfs.' \
 	  '# vm_template = true' \
-	  '# template_dir = "/run/husk/.templates"' > $(DESTDIR)/etc/husk/config.toml
+	  '# template_dir = "/run/husk/.templates"' \
+	  '# max_templates = 8' > $(DESTDIR)/etc/husk/config.toml
 	@echo "installed to $(DESTDIR)$(PREFIX) and $(DESTDIR)/etc/husk/config.toml; add to containerd's config.toml:"
 	@echo '  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.husk]'
 	@echo '    runtime_type = "io.containerd.husk.v2"'

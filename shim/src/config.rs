@@ -126,12 +126,14 @@ pub struct Config {
     /// Where per-pod state lives (sockets, shared directory, state file).
     pub state_dir: PathBuf,
     /// Restore pods from a snapshot of a booted VM instead of booting each one; the first
-    /// pod of a given VM shape makes the template (see `template`). Pods with a network
-    /// namespace (CRI pods) still boot each VM.
+    /// pod of a given VM shape makes the template (see `template`).
     pub vm_template: bool,
     /// Where templates live, one directory per VM shape holding its snapshot (guest RAM
     /// included: keep it on a tmpfs, as /run is).
     pub template_dir: PathBuf,
+    /// Most templates kept (each holds some 30 MiB of guest RAM); making one more removes
+    /// the least recently used.
+    pub max_templates: u32,
 }
 
 impl Default for Config {
@@ -155,6 +157,7 @@ impl Default for Config {
             state_dir: "/run/husk".into(),
             vm_template: true,
             template_dir: "/run/husk/.templates".into(),
+            max_templates: 8,
         }
     }
 }
@@ -208,6 +211,12 @@ impl Config {
         if self.boot_timeout_secs == 0 {
             return Err(invalid("boot_timeout_secs", "must be at least 1"));
         }
+        if self.max_templates == 0 {
+            return Err(invalid(
+                "max_templates",
+                "must be at least 1 (vm_template = false turns templates off)",
+            ));
+        }
         for (key, p) in [
             ("kernel", &self.kernel),
             ("rootfs", &self.rootfs),
@@ -238,6 +247,7 @@ mod tests {
         let c = Config::default();
         assert!(c.vm_template);
         assert_eq!(c.template_dir, PathBuf::from("/run/husk/.templates"));
+        assert_eq!(c.max_templates, 8);
     }
 
     #[test]
@@ -302,6 +312,8 @@ mod tests {
         assert_eq!(e, "/etc/husk/config.toml: default_vcpus must be at least 1");
         let e = parse("kernel = \"vmlinux\"").unwrap_err().to_string();
         assert!(e.contains("kernel must be an absolute path"), "{e}");
+        let e = parse("max_templates = 0").unwrap_err().to_string();
+        assert!(e.contains("max_templates must be at least 1"), "{e}");
         let e = parse("template_dir = \"t\"").unwrap_err().to_string();
         assert!(e.contains("template_dir must be an absolute path"), "{e}");
     }

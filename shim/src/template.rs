@@ -165,6 +165,7 @@ pub async fn ensure(cfg: &Config, vm: &Value) -> Option<Template> {
     };
     let dir = cfg.template_dir.join(&key);
     if complete(&dir) {
+        mark_used(&dir);
         return Some(Template { key, dir });
     }
     if let Err(e) = std::fs::DirBuilder::new()
@@ -190,6 +191,7 @@ pub async fn ensure(cfg: &Config, vm: &Value) -> Option<Template> {
         }
     };
     if complete(&dir) {
+        mark_used(&dir);
         return Some(Template { key, dir });
     }
     if let Some(age) = failed_recently(&failed_marker(cfg, &key)) {
@@ -204,6 +206,7 @@ pub async fn ensure(cfg: &Config, vm: &Value) -> Option<Template> {
     match create(cfg, &key, vm).await {
         Ok(()) => {
             let _ = std::fs::remove_file(failed_marker(cfg, &key));
+            evict(cfg, &key);
             log::info!(
                 "template {key} made in {} ms",
                 started.elapsed().as_millis()
@@ -214,6 +217,50 @@ pub async fn ensure(cfg: &Config, vm: &Value) -> Option<Template> {
             log::warn!("template {key} could not be made, booting the VM instead: {e}");
             remember_failure(cfg, &key, &e);
             None
+        }
+    }
+}
+
+/// Notes that a template was used (its directory's mtime: the order [`evict`] follows).
+fn mark_used(dir: &Path) {
+    if let Ok(f) = File::open(dir) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
+/// Keeps at most `max_templates` templates: the least recently used beyond that go (each
+/// holds its guest RAM in `template_dir`). `keep` (just made) stays. A pod about to be
+/// restored from one that goes either has its files open already (they stay readable) or
+/// finds it missing, and its VM then boots (see `discard`'s caller).
+fn evict(cfg: &Config, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(&cfg.template_dir) else {
+        return;
+    };
+    let mut found: Vec<(SystemTime, String)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let is_key =
+                name.len() == KEY_HEX_DIGITS && name.chars().all(|c| c.is_ascii_hexdigit());
+            (is_key && name != keep && complete(&e.path()))
+                .then(|| Some((e.metadata().ok()?.modified().ok()?, name)))
+                .flatten()
+        })
+        .collect();
+    let max = usize::try_from(cfg.max_templates).unwrap_or(usize::MAX);
+    if found.len() < max {
+        return;
+    }
+    found.sort();
+    for (_, key) in &found[..found.len() + 1 - max] {
+        let dir = cfg.template_dir.join(key);
+        // Renamed first, so no pod finds half of it.
+        let gone = cfg
+            .template_dir
+            .join(format!("{key}.evicted-{}", std::process::id()));
+        match std::fs::rename(&dir, &gone).and_then(|()| std::fs::remove_dir_all(&gone)) {
+            Ok(()) => log::info!("template {key} removed: more than {max} templates"),
+            Err(e) => log::warn!("removing template {}: {e}", dir.display()),
         }
     }
 }

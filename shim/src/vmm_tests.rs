@@ -480,6 +480,31 @@ async fn pods_starting_together_make_one_template() {
 }
 
 #[tokio::test]
+async fn templates_beyond_the_most_kept_go_least_recently_used_first() {
+    let (_d, mut h, req) = with_templates(&template_vmm(MAKES_SNAPSHOT, ""));
+    h.cfg.max_templates = 2;
+    // Three shapes (memory sizes); shape 0 is used again before shape 2 is made.
+    let shape = |i: u64| {
+        let mut r = pod(&req, &format!("s{i}"));
+        r.size.memory_mib = 128 + 64 * i;
+        r
+    };
+    let key = |r: &VmRequest| crate::template::key(&h.vm_config(r), &h.cfg.vmm).unwrap();
+    let (s0, s1, s2) = (shape(0), shape(1), shape(2));
+    for r in [&s0, &s1, &s0, &s2] {
+        let vm = h.launch(r).await.unwrap();
+        assert!(pod_config(r)["restore_from"].is_string());
+        vm.process.stop().await;
+        // Directory times are nanoseconds on tmpfs; keep the uses apart anyway.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(vmm_runs(&h, "template-runs"), 3);
+    let kept = |r: &VmRequest| h.cfg.template_dir.join(key(r)).join("state.json").exists();
+    assert!(kept(&s0) && kept(&s2), "the used and the new one stay");
+    assert!(!kept(&s1), "the least recently used goes");
+}
+
+#[tokio::test]
 async fn a_template_that_cannot_be_made_leaves_pods_booting() {
     let logs = crate::testutil::capture_logs();
     let fails = "print('husk-vmm: error: saving MSRs: EINVAL', file=sys.stderr)\nsys.exit(1)";
