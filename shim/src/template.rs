@@ -283,9 +283,15 @@ pub fn discard(cfg: &Config, t: &Template, why: &str) {
     let gone = cfg
         .template_dir
         .join(format!("{}.stale-{}", t.key, std::process::id()));
-    let r = std::fs::rename(&t.dir, &gone).and_then(|()| std::fs::remove_dir_all(&gone));
-    if let Err(e) = r {
-        log::warn!("removing template {}: {e}", t.dir.display());
+    match std::fs::rename(&t.dir, &gone) {
+        // Evicted meanwhile (see `evict`): not the template's fault.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => log::warn!("removing template {}: {e}", t.dir.display()),
+        Ok(()) => {
+            if let Err(e) = std::fs::remove_dir_all(&gone) {
+                log::warn!("removing template {}: {e}", gone.display());
+            }
+        }
     }
     remember_failure(cfg, &t.key, &format!("a VM restored from it failed: {why}"));
 }
