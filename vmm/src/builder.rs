@@ -141,6 +141,17 @@ impl std::fmt::Debug for Vmm {
     }
 }
 
+/// Where the guest starts: a kernel (and initrd) just loaded, or a template's snapshot
+/// (its RAM already loaded).
+enum Start {
+    Boot {
+        kernel: boot::KernelEntry,
+        initrd: Option<boot::InitrdPlace>,
+    },
+    /// Boxed: a snapshot is kilobytes of register state.
+    Restore(Box<Snapshot>),
+}
+
 struct Builder<'a> {
     vm: &'a Vm,
     mmio: Bus,
@@ -221,12 +232,12 @@ impl TryFrom<&VmConfig> for Vmm {
             .ok_or(crate::config::ConfigError::NoKernel)?;
 
         let mem = crate::memory::create(cfg.mem_mib << 20, cfg.mem_dir.as_deref())?;
-        let restore = match &cfg.restore_from {
+        let restore_err = |err| VmmError::Restore {
+            dir: cfg.restore_from.clone().unwrap_or_default(),
+            err,
+        };
+        let snapshot = match &cfg.restore_from {
             Some(dir) => {
-                let restore_err = |err| VmmError::Restore {
-                    dir: dir.clone(),
-                    err,
-                };
                 let snap = Snapshot::read(dir).map_err(restore_err)?;
                 let bytes = crate::snapshot::ram::load(&mem, &dir.join(crate::snapshot::RAM_FILE))
                     .map_err(restore_err)?;
@@ -235,19 +246,15 @@ impl TryFrom<&VmConfig> for Vmm {
                     dir.display(),
                     bytes >> 20
                 );
-                Some((dir.as_path(), snap))
+                Some(snap)
             }
             None => None,
         };
-        let restore_err = |err| VmmError::Restore {
-            dir: cfg.restore_from.clone().unwrap_or_default(),
-            err,
-        };
         let vm = Vm::new(mem)?;
-        let boot_image = match &restore {
-            Some((_, snap)) => {
+        let start = match snapshot {
+            Some(snap) => {
                 kvm_state::restore_vm(vm.fd(), &snap.vm).map_err(restore_err)?;
-                None
+                Start::Restore(Box::new(snap))
             }
             None => {
                 let kernel = boot::load_kernel(vm.memory(), kernel_path)?;
@@ -255,7 +262,7 @@ impl TryFrom<&VmConfig> for Vmm {
                     Some(p) => Some(boot::load_initrd(vm.memory(), p, layout::HIMEM_START)?),
                     None => None,
                 };
-                Some((kernel, initrd))
+                Start::Boot { kernel, initrd }
             }
         };
 
@@ -285,12 +292,12 @@ impl TryFrom<&VmConfig> for Vmm {
             })?;
         let mut pio = Bus::new();
         let serial_out = ConsoleWriter::new(console.clone(), exit.clone());
-        let serial = match &restore {
-            Some((_, snap)) => {
+        let serial = match &start {
+            Start::Restore(snap) => {
                 SerialDevice::from_snapshot(&snap.serial, IrqTrigger(serial_evt), serial_out)
                     .map_err(|e| restore_err(SnapshotError::Mismatch(e)))?
             }
-            None => SerialDevice::new(IrqTrigger(serial_evt), serial_out),
+            Start::Boot { .. } => SerialDevice::new(IrqTrigger(serial_evt), serial_out),
         };
         let serial = Arc::new(Mutex::new(serial));
         pio.insert(serial.clone(), u64::from(layout::SERIAL_PORT), 8)?;
@@ -341,8 +348,8 @@ impl TryFrom<&VmConfig> for Vmm {
             ..
         } = b;
 
-        match (&restore, &boot_image) {
-            (Some((_, snap)), _) => {
+        match &start {
+            Start::Restore(snap) => {
                 let types: Vec<u32> = transports
                     .iter()
                     .map(|t| t.lock().map(|t| t.device_type()).unwrap_or(0))
@@ -356,12 +363,11 @@ impl TryFrom<&VmConfig> for Vmm {
                         .map_err(restore_err)?;
                 }
             }
-            (None, Some((kernel, initrd))) => {
+            Start::Boot { kernel, initrd } => {
                 boot::write_boot_params(vm.memory(), kernel, &cmdline, *initrd)?;
                 mptable::setup(vm.memory(), cfg.vcpus)?;
                 regs::write_boot_tables(vm.memory())?;
             }
-            (None, None) => unreachable!("a VM either boots or is restored"),
         }
 
         if crate::arch::cpuid::host_is_tcg() {
@@ -372,18 +378,17 @@ impl TryFrom<&VmConfig> for Vmm {
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
         for id in 0..cfg.vcpus {
             let v = Vcpu::new(&vm, id)?;
-            match (&restore, &boot_image) {
-                (Some((_, snap)), _) => {
+            match &start {
+                Start::Restore(snap) => {
                     v.set_cpuid(&vm, cfg.vcpus)?;
                     kvm_state::restore_vcpu(v.fd(), &snap.vcpus[usize::from(id)])
                         .map_err(restore_err)?;
                 }
-                (None, Some((kernel, _))) => v.configure_linux(&vm, cfg.vcpus, kernel.entry)?,
-                (None, None) => unreachable!("a VM either boots or is restored"),
+                Start::Boot { kernel, .. } => v.configure_linux(&vm, cfg.vcpus, kernel.entry)?,
             }
             vcpus.push(v);
         }
-        if let Some((_, snap)) = &restore {
+        if let Start::Restore(snap) = &start {
             kvm_state::restore_clock(vm.fd(), &snap.vm).map_err(restore_err)?;
         }
         Ok(Vmm {

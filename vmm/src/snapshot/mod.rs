@@ -69,7 +69,10 @@ pub(crate) fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Snapsho
     move |err| SnapshotError::Kvm { op, err }
 }
 
-fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
+pub(crate) fn io<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
     move |err| SnapshotError::Io {
         what,
         path: path.into(),

@@ -12,16 +12,8 @@ use std::path::Path;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::SnapshotError;
+use super::{io, SnapshotError};
 use crate::memory::GuestMemory;
-
-fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
-    move |err| SnapshotError::Io {
-        what,
-        path: path.into(),
-        err,
-    }
-}
 
 /// The data extents of `file` inside `[start, end)`, as (offset, length).
 pub fn data_extents(file: &File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
