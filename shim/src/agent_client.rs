@@ -335,7 +335,6 @@ impl AgentClient for TtrpcAgent {
     }
 }
 
-/// The agent's ConfigureNetwork request for the pod's interface.
 /// Bytes of fresh randomness each CreateSandbox carries.
 pub const SANDBOX_ENTROPY_BYTES: usize = 32;
 
@@ -355,6 +354,7 @@ fn fresh_entropy() -> AgentResult<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The agent's ConfigureNetwork request for the pod's interface.
 pub fn network_request(
     iface: &crate::network::Interface,
     dns: &[String],

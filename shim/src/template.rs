@@ -23,12 +23,11 @@
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::config::Config;
 use crate::vm::VmRequest;
@@ -444,19 +443,10 @@ async fn make(
         .map_err(|e| format!("renaming the snapshot to {}: {e}", dir.display()))
 }
 
+/// [`crate::vmm::spawn_logged`], outside any network namespace (a template VM's NICs are
+/// detached), its error as text.
 fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Child, String> {
-    let out = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let err = out
-        .try_clone()
-        .map_err(|e| format!("{}: {e}", log.display()))?;
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("spawning {}: {e}", program.display()))
+    crate::vmm::spawn_logged(program, args, log, None).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -143,58 +143,6 @@ impl HuskVmm {
         })
     }
 
-    fn spawn(&self, program: &Path, args: &[String], log: &Path) -> Result<Child> {
-        self.spawn_in(program, args, log, None)
-    }
-
-    /// Spawns `program`, inside the network namespace `netns` when given.
-    fn spawn_in(
-        &self,
-        program: &Path,
-        args: &[String],
-        log: &Path,
-        netns: Option<&Path>,
-    ) -> Result<Child> {
-        let out =
-            std::fs::File::create(log).map_err(|e| ShimError::io(log.display().to_string(), e))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| ShimError::io(log.display().to_string(), e))?;
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true);
-        // Kept open until after the spawn: the child joins it between fork and exec.
-        let ns_file = match netns {
-            Some(p) => Some(
-                crate::network::netns::open(p).map_err(|e| ShimError::VmStart(e.to_string()))?,
-            ),
-            None => None,
-        };
-        if let Some(f) = &ns_file {
-            let fd = f.as_raw_fd();
-            // SAFETY: the closure runs in the forked child before exec and only calls
-            // setns(2), a plain system call that is async-signal-safe; `fd` stays open in
-            // the child (the parent holds `ns_file` until spawn returns; it is CLOEXEC so
-            // the vmm does not inherit it).
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| ShimError::VmStart(format!("spawning {}: {e}", program.display())));
-        drop(ns_file);
-        child
-    }
-
     /// Connects to the agent once it serves: right after its signal on `ready`, or by
     /// polling every [`POLL_BEFORE_READY`] without one.
     async fn boot(
@@ -374,10 +322,11 @@ impl HuskVmm {
                 }
             },
         };
-        let virtiofsd = self.spawn(
+        let virtiofsd = spawn_logged(
             &self.cfg.virtiofsd,
             &virtiofsd_args(&fs_sock, &req.shared_dir, self.cfg.virtio_fs_cache),
             &dir.join("virtiofsd.log"),
+            None,
         )?;
         record_pid(&dir.join(VIRTIOFSD_PID_FILE), &virtiofsd);
         let helper = Helper::new(virtiofsd, dir.join("virtiofsd.log"));
@@ -429,14 +378,14 @@ impl HuskVmm {
         // unix sockets (vsock, virtio-fs) are filesystem paths, which a network
         // namespace does not change.
         let netns = net.as_ref().map(|n| n.netns.clone());
-        let child =
-            match self.spawn_in(&self.cfg.vmm, &args, &dir.join("vmm.log"), netns.as_deref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    helper.stop().await;
-                    return Err(e);
-                }
-            };
+        let child = match spawn_logged(&self.cfg.vmm, &args, &dir.join("vmm.log"), netns.as_deref())
+        {
+            Ok(c) => c,
+            Err(e) => {
+                helper.stop().await;
+                return Err(e);
+            }
+        };
         record_pid(&dir.join(VMM_PID_FILE), &child);
         Ok((ChildVm::watch(child, vec![helper], net), ready))
     }
@@ -478,6 +427,54 @@ fn record_pid(path: &Path, child: &Child) {
             log::warn!("writing {}: {e}", path.display());
         }
     }
+}
+
+/// Spawns `program` with stdout and stderr in `log` (killed when dropped), inside the
+/// network namespace `netns` when given.
+pub(crate) fn spawn_logged(
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    netns: Option<&Path>,
+) -> Result<Child> {
+    let out =
+        std::fs::File::create(log).map_err(|e| ShimError::io(log.display().to_string(), e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| ShimError::io(log.display().to_string(), e))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true);
+    // Kept open until after the spawn: the child joins it between fork and exec.
+    let ns_file = match netns {
+        Some(p) => {
+            Some(crate::network::netns::open(p).map_err(|e| ShimError::VmStart(e.to_string()))?)
+        }
+        None => None,
+    };
+    if let Some(f) = &ns_file {
+        let fd = f.as_raw_fd();
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // setns(2), a plain system call that is async-signal-safe; `fd` stays open in
+        // the child (the parent holds `ns_file` until spawn returns; it is CLOEXEC so
+        // the vmm does not inherit it).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| ShimError::VmStart(format!("spawning {}: {e}", program.display())));
+    drop(ns_file);
+    child
 }
 
 /// virtiofsd's arguments: serve `shared_dir` on `socket`.

@@ -309,11 +309,11 @@ async fn virtiofsd_death_ends_the_vm() {
 
 #[tokio::test]
 async fn spawn_in_a_netns_runs_the_program_there() {
-    let (d, vmm, _req) = setup("exit 0", "exit 0");
+    let (d, _vmm, _req) = setup("exit 0", "exit 0");
     let log = d.path().join("ns.log");
     let want = std::fs::read_link("/proc/self/ns/net").unwrap();
     let args = ["-c".to_string(), "readlink /proc/self/ns/net".to_string()];
-    let r = vmm.spawn_in(
+    let r = spawn_logged(
         Path::new("/bin/sh"),
         &args,
         &log,
@@ -329,14 +329,13 @@ async fn spawn_in_a_netns_runs_the_program_there() {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), None, "{out}");
     }
-    assert!(vmm
-        .spawn_in(
-            Path::new("/bin/sh"),
-            &args,
-            &log,
-            Some(Path::new("/nonexistent/ns"))
-        )
-        .is_err());
+    assert!(spawn_logged(
+        Path::new("/bin/sh"),
+        &args,
+        &log,
+        Some(Path::new("/nonexistent/ns"))
+    )
+    .is_err());
 }
 
 #[test]
