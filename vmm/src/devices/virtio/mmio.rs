@@ -42,6 +42,9 @@ pub enum DeviceState {
     Active,
     /// Activation failed: the driver must reset the device.
     Failed,
+    /// The device was active and the driver broke one of its queues: DEVICE_NEEDS_RESET
+    /// is set, kicks are dropped unread, the device keeps its queues until the reset.
+    Broken,
 }
 
 pub struct MmioTransport<D: VirtioDevice> {
@@ -122,7 +125,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn reset(&mut self, reg: &mut dyn EventRegistry) {
-        if self.state == DeviceState::Active {
+        if matches!(self.state, DeviceState::Active | DeviceState::Broken) {
             self.device.reset(reg);
         }
         self.state = DeviceState::Inactive;
@@ -168,7 +171,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 // Kicks that came while activating were consumed: look at every queue once.
                 if self.device.uses_queue_events() {
                     for i in 0..self.queues.len() {
-                        self.device.queue_notify(i, reg);
+                        if self.state == DeviceState::Active {
+                            self.device.queue_notify(i, reg);
+                            self.check_broken();
+                        }
                     }
                 }
             }
@@ -178,6 +184,16 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 self.status |= STATUS_NEEDS_RESET;
                 self.interrupt.signal(INT_CONFIG);
             }
+        }
+    }
+
+    /// Moves an active device whose driver broke a queue to [`DeviceState::Broken`] and
+    /// tells the driver (NEEDS_RESET and a config interrupt, as for a failed activation).
+    fn check_broken(&mut self) {
+        if self.state == DeviceState::Active && self.device.needs_reset() {
+            self.state = DeviceState::Broken;
+            self.status |= STATUS_NEEDS_RESET;
+            self.interrupt.signal(INT_CONFIG);
         }
     }
 
@@ -290,11 +306,14 @@ impl<D: VirtioDevice> MmioTransport<D> {
             if let Some(e) = self.queue_evts.get(index) {
                 let _ = e.read();
             }
+            // A broken device's kicks are dropped here: no ring is read per kick.
             if self.state == DeviceState::Active {
                 self.device.queue_notify(index, reg);
+                self.check_broken();
             }
         } else {
             self.device.process_event(token, events, reg);
+            self.check_broken();
         }
     }
 }
@@ -417,6 +436,11 @@ impl<D: VirtioDevice> SnapshotTransport for MmioTransport<D> {
             DeviceState::Failed => {
                 return Err(SnapshotError::NotQuiescent(format!(
                     "virtio device type {ty} failed to activate"
+                )))
+            }
+            DeviceState::Broken => {
+                return Err(SnapshotError::NotQuiescent(format!(
+                    "virtio device type {ty} needs a reset"
                 )))
             }
         };

@@ -8,6 +8,7 @@ pub mod blk;
 pub mod fs;
 pub mod mmio;
 pub mod net;
+pub mod queue;
 pub mod vsock;
 
 use std::os::fd::RawFd;
@@ -157,6 +158,11 @@ pub trait VirtioDevice: Send {
     fn init_events(&mut self, _reg: &mut dyn EventRegistry) {}
     /// One of the device's own file descriptors is ready.
     fn process_event(&mut self, _token: u32, _events: EventSet, _reg: &mut dyn EventRegistry) {}
+    /// Whether the driver broke one of the device's queues (see [`queue::GuestQueue`]):
+    /// the transport then sets DEVICE_NEEDS_RESET and stops passing on the queues' kicks.
+    fn needs_reset(&self) -> bool {
+        false
+    }
 }
 
 /// A copy of a queue's driver-written configuration (virtio-queue's `Queue` is not `Clone`).

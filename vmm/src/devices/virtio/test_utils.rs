@@ -9,6 +9,10 @@ use virtio_queue::Queue;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
+use super::mmio::{
+    DeviceState, MmioTransport, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK,
+    STATUS_FEATURES_OK, TOKEN_ACTIVATE,
+};
 use super::EventRegistry;
 use crate::memory::GuestMemory;
 
@@ -50,6 +54,51 @@ pub fn used(vq: &MockSplitQueue<'_, GuestMemory>) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// Log records made on the calling thread while `f` runs (every level). The test binary's
+/// logger is installed once, records only on threads that are capturing, and prints nothing.
+pub fn capture_logs<R>(f: impl FnOnce() -> R) -> (R, Vec<(log::Level, String)>) {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        if log::set_logger(&CaptureLogger).is_ok() {
+            log::set_max_level(log::LevelFilter::Trace);
+        }
+    });
+    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let r = f();
+    let logged = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (r, logged)
+}
+
+thread_local! {
+    static CAPTURED: std::cell::RefCell<Option<Vec<(log::Level, String)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+struct CaptureLogger;
+
+impl log::Log for CaptureLogger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record) {
+        CAPTURED.with(|c| {
+            if let Some(v) = c.borrow_mut().as_mut() {
+                v.push((r.level(), r.args().to_string()));
+            }
+        });
+    }
+    fn flush(&self) {}
+}
+
+/// Records of `level` or more severe.
+pub fn at_least(logged: &[(log::Level, String)], level: log::Level) -> Vec<&str> {
+    logged
+        .iter()
+        .filter(|(l, _)| *l <= level)
+        .map(|(_, m)| m.as_str())
+        .collect()
+}
+
 #[derive(Debug, Default)]
 pub struct RecordingRegistry {
     pub added: Vec<(RawFd, u32, EventSet)>,
@@ -79,4 +128,84 @@ fn recording_registry_tracks_fds() {
     r.remove(3);
     assert!(r.added.is_empty());
     assert_eq!(r.removed, vec![3]);
+}
+
+/// Writes a 32-bit transport register, as a vCPU would.
+pub fn mmio_write<D: super::VirtioDevice>(t: &mut MmioTransport<D>, off: u64, v: u32) {
+    crate::bus::BusDevice::write(t, off, &v.to_le_bytes());
+}
+
+/// Reads a 32-bit transport register.
+pub fn mmio_read<D: super::VirtioDevice>(t: &mut MmioTransport<D>, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    crate::bus::BusDevice::read(t, off, &mut b);
+    u32::from_le_bytes(b)
+}
+
+/// A queue's configuration as a driver writes it: size, then the three ring addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct RingSetup {
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+}
+
+impl RingSetup {
+    pub fn of(vq: &MockSplitQueue<'_, GuestMemory>, size: u16) -> RingSetup {
+        RingSetup {
+            size,
+            desc: vq.desc_table_addr().0,
+            avail: vq.avail_addr().0,
+            used: vq.used_addr().0,
+        }
+    }
+}
+
+/// Writes queue `index`'s registers from `r` and makes it ready.
+pub fn setup_queue<D: super::VirtioDevice>(t: &mut MmioTransport<D>, index: u32, r: RingSetup) {
+    mmio_write(t, 0x30, index);
+    mmio_write(t, 0x38, u32::from(r.size));
+    for (reg, addr) in [(0x80, r.desc), (0x90, r.avail), (0xa0, r.used)] {
+        mmio_write(t, reg, addr as u32);
+        mmio_write(t, reg + 4, (addr >> 32) as u32);
+    }
+    mmio_write(t, 0x44, 1);
+}
+
+/// The driver's side of initialization (VERSION_1 accepted, nothing else) with `queues`,
+/// then DRIVER_OK and the event loop's activation; returns the transport's state.
+pub fn bring_up<D: super::VirtioDevice>(
+    t: &mut MmioTransport<D>,
+    queues: &[RingSetup],
+) -> DeviceState {
+    mmio_write(t, 0x70, STATUS_ACKNOWLEDGE);
+    mmio_write(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    mmio_write(t, 0x24, 1);
+    mmio_write(t, 0x20, 1);
+    mmio_write(t, 0x24, 0);
+    mmio_write(t, 0x20, 0);
+    let ok = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+    mmio_write(t, 0x70, ok);
+    for (i, r) in queues.iter().enumerate() {
+        setup_queue(t, i as u32, *r);
+    }
+    mmio_write(t, 0x70, ok | STATUS_DRIVER_OK);
+    t.handle_event(TOKEN_ACTIVATE, EventSet::IN, &mut super::NoRegistry);
+    t.state()
+}
+
+/// A transport over `dev` in `m`.
+pub fn transport<D: super::VirtioDevice>(dev: D, m: &GuestMemory) -> MmioTransport<D> {
+    let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    MmioTransport::new(dev, m.clone(), irq).unwrap()
+}
+
+/// The driver kicks queue `index` (the event loop sees its ioeventfd).
+pub fn kick<D: super::VirtioDevice>(t: &mut MmioTransport<D>, index: u32) {
+    t.handle_event(
+        super::QUEUE_TOKEN_BASE + index,
+        EventSet::IN,
+        &mut super::NoRegistry,
+    );
 }

@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{MAX_PFNS_PER_CHAIN, PFN_SHIFT, VIRTIO_BALLOON_F_REPORTING};
+use crate::devices::virtio::queue::GuestQueue;
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, Activation, EventRegistry, Interrupt, VirtioDevice,
     INT_USED_RING, TYPE_BALLOON,
@@ -24,7 +25,7 @@ const ACTUAL_OFFSET: u64 = 4;
 
 struct Active {
     mem: GuestMemory,
-    queues: Vec<Queue>,
+    queues: Vec<GuestQueue>,
     interrupt: Arc<Interrupt>,
 }
 
@@ -88,7 +89,7 @@ impl Balloon {
         let mem = &a.mem;
         let counters = &mut self.counters;
         let mut used = 0;
-        while let Some(chain) = q.pop_descriptor_chain(mem) {
+        while let Some(chain) = q.pop(mem) {
             let head = chain.head_index();
             match index {
                 INFLATEQ => inflate(counters, mem, chain),
@@ -189,9 +190,19 @@ impl VirtioDevice for Balloon {
         if a.queues.len() != QUEUE_SIZES.len() {
             return Err(ActivateError::InvalidQueue(a.queues.len()));
         }
+        const NAMES: [&str; 3] = [
+            "virtio-balloon inflate queue",
+            "virtio-balloon deflate queue",
+            "virtio-balloon reporting queue",
+        ];
         self.state = State::Active(Active {
             mem: a.mem,
-            queues: a.queues,
+            queues: a
+                .queues
+                .into_iter()
+                .zip(NAMES)
+                .map(|(q, n)| GuestQueue::new(q, n))
+                .collect(),
             interrupt: a.interrupt,
         });
         Ok(())
@@ -204,6 +215,10 @@ impl VirtioDevice for Balloon {
 
     fn queue_notify(&mut self, index: usize, _: &mut dyn EventRegistry) {
         self.process_queue(index);
+    }
+
+    fn needs_reset(&self) -> bool {
+        matches!(&self.state, State::Active(a) if a.queues.iter().any(|q| q.is_broken()))
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::request::{status_of, Request, RequestType};
@@ -15,6 +15,7 @@ use super::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
 };
 use crate::config::{DriveConfig, ImageFormat};
+use crate::devices::virtio::queue::GuestQueue;
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, Activation, EventRegistry, Interrupt, VirtioDevice,
     INT_USED_RING, TYPE_BLOCK,
@@ -32,7 +33,7 @@ pub enum BlockError {
 
 struct Active {
     mem: GuestMemory,
-    queue: Queue,
+    queue: GuestQueue,
     interrupt: Arc<Interrupt>,
 }
 
@@ -177,7 +178,7 @@ impl Block {
         let interrupt = active.interrupt.clone();
         let mut done = 0;
         while let State::Active(active) = &mut self.state {
-            let Some(chain) = active.queue.pop_descriptor_chain(&mem) else {
+            let Some(chain) = active.queue.pop(&mem) else {
                 break;
             };
             let head = chain.head_index();
@@ -246,7 +247,7 @@ impl VirtioDevice for Block {
             .ok_or(ActivateError::InvalidQueue(0))?;
         self.state = State::Active(Active {
             mem: a.mem,
-            queue,
+            queue: GuestQueue::new(queue, "virtio-blk request queue"),
             interrupt: a.interrupt,
         });
         Ok(())
@@ -260,6 +261,10 @@ impl VirtioDevice for Block {
         if index == 0 {
             self.process_queue();
         }
+    }
+
+    fn needs_reset(&self) -> bool {
+        matches!(&self.state, State::Active(a) if a.queue.is_broken())
     }
 }
 

@@ -1,6 +1,12 @@
+use super::super::VIRTIO_BLK_T_OUT;
 use super::*;
-use crate::devices::virtio::test_utils::{desc, mem, queue_with, used, F_NEXT, F_WRITE};
-use crate::devices::virtio::NoRegistry;
+use crate::devices::virtio::mmio::{DeviceState, STATUS_NEEDS_RESET};
+use crate::devices::virtio::test_utils::{
+    at_least, bring_up, capture_logs, desc, kick, mem, mmio_read, mmio_write, queue_with,
+    transport, used, RingSetup, F_NEXT, F_WRITE,
+};
+use crate::devices::virtio::{NoRegistry, INT_CONFIG};
+use virtio_queue::mock::MockSplitQueue;
 use vmm_sys_util::eventfd::EventFd;
 
 const HDR: u64 = 0x1000;
@@ -177,5 +183,90 @@ fn inactive_device_ignores_notifications() {
     let p = image("inactive", &vec![0u8; 4096]);
     let mut b = block(&p, false);
     assert_eq!(b.process_queue(), 0);
+    std::fs::remove_file(&p).unwrap();
+}
+
+/// Lays out a request (header, data descriptors, status) in guest memory and publishes it
+/// on `vq` at descriptor `first` (the chain takes `data.len() + 2` descriptors).
+fn publish(
+    vq: &MockSplitQueue<'_, GuestMemory>,
+    m: &GuestMemory,
+    t: u32,
+    sector: u64,
+    data: &[(u64, u32, bool)],
+    first: u16,
+) {
+    m.write_obj(t, GuestAddress(HDR)).unwrap();
+    m.write_obj(sector, GuestAddress(HDR + 8)).unwrap();
+    m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    let mut d = vec![desc(HDR, 16, F_NEXT, first + 1)];
+    for (i, (addr, len, w)) in data.iter().enumerate() {
+        let f = F_NEXT | if *w { F_WRITE } else { 0 };
+        d.push(desc(*addr, *len, f, first + i as u16 + 2));
+    }
+    d.push(desc(STATUS, 1, F_WRITE, 0));
+    vq.add_desc_chains(&d, first).unwrap();
+}
+
+fn status_byte(m: &GuestMemory) -> u8 {
+    m.read_obj(GuestAddress(STATUS)).unwrap()
+}
+
+#[test]
+fn case_06_avail_idx_runaway_breaks_the_queue_until_reset() {
+    let p = image("runaway", &vec![0u8; 8192]);
+    let m = mem();
+    let mut t = transport(block(&p, false), &m);
+    let vq = MockSplitQueue::create(&m, GuestAddress(0x8000), 16);
+    assert_eq!(
+        bring_up(&mut t, &[RingSetup::of(&vq, 16)]),
+        DeviceState::Active
+    );
+    t.interrupt().ack(u32::MAX);
+
+    // The driver claims 17 new chains on a 16-entry ring, then kicks over and over.
+    vq.avail().idx().store(17);
+    let ((), logged) = capture_logs(|| {
+        for _ in 0..10_000 {
+            kick(&mut t, 0);
+        }
+    });
+    assert_eq!(t.state(), DeviceState::Broken);
+    assert_ne!(mmio_read(&mut t, 0x70) & STATUS_NEEDS_RESET, 0);
+    assert_ne!(t.interrupt().status() & INT_CONFIG, 0);
+    let errors = at_least(&logged, log::Level::Warn);
+    assert_eq!(errors.len(), 1, "one error for 10000 kicks: {logged:?}");
+    assert!(errors[0].contains("virtio-blk"), "{errors:?}");
+
+    // Broken until reset: a valid write published behind a sane index is not even read,
+    // however often the guest kicks.
+    m.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
+    publish(&vq, &m, VIRTIO_BLK_T_OUT, 0, &[(DATA, 512, false)], 0);
+    vq.avail().idx().store(1);
+    let ((), logged) = capture_logs(|| {
+        for _ in 0..10_000 {
+            kick(&mut t, 0);
+        }
+    });
+    assert!(logged.is_empty(), "{logged:?}");
+    assert_eq!(vq.used().idx().load(), 0);
+    assert_eq!(status_byte(&m), 0xff);
+    assert_eq!(std::fs::read(&p).unwrap(), vec![0u8; 8192]);
+    // A broken device is not snapshotted.
+    assert!(crate::devices::virtio::mmio::SnapshotTransport::save(&t).is_err());
+
+    // Reset and a new initialization bring the device back.
+    mmio_write(&mut t, 0x70, 0);
+    assert_eq!(mmio_read(&mut t, 0x70), 0);
+    let vq = MockSplitQueue::create(&m, GuestAddress(0xc000), 16);
+    assert_eq!(
+        bring_up(&mut t, &[RingSetup::of(&vq, 16)]),
+        DeviceState::Active
+    );
+    publish(&vq, &m, VIRTIO_BLK_T_OUT, 0, &[(DATA, 512, false)], 0);
+    kick(&mut t, 0);
+    assert_eq!(used(&vq), vec![(0, 1)]);
+    assert_eq!(status_byte(&m), VIRTIO_BLK_S_OK);
+    assert_eq!(&std::fs::read(&p).unwrap()[..512], &[0x5a; 512][..]);
     std::fs::remove_file(&p).unwrap();
 }

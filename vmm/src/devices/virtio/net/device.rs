@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vmm_sys_util::epoll::EventSet;
 
 use super::features::{tap_offloads, OFFERED, VIRTIO_NET_F_MRG_RXBUF};
@@ -16,6 +16,7 @@ use super::rx::{self, Outcome};
 use super::tap::{self, NoOffload, SetOffload, TunSetOffload};
 use super::{parse_mac, NetError, HDR_LEN, MAX_FRAME};
 use crate::config::NetConfig;
+use crate::devices::virtio::queue::GuestQueue;
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, Activation, EventRegistry, Interrupt, VirtioDevice,
     INT_USED_RING, TYPE_NET,
@@ -30,8 +31,8 @@ const TOKEN_TAP: u32 = 0;
 
 struct Active {
     mem: GuestMemory,
-    rx: Queue,
-    tx: Queue,
+    rx: GuestQueue,
+    tx: GuestQueue,
     interrupt: Arc<Interrupt>,
     /// The features the driver accepted.
     acked: u64,
@@ -96,7 +97,7 @@ impl Net {
         };
         let mem = a.mem.clone();
         let mut used = 0;
-        while let Some(chain) = a.tx.pop_descriptor_chain(&mem) {
+        while let Some(chain) = a.tx.pop(&mem) {
             let head = chain.head_index();
             if let Ok(mut r) = chain.reader(&mem) {
                 let len = r.available_bytes();
@@ -203,8 +204,8 @@ impl VirtioDevice for Net {
         }
         self.state = State::Active(Active {
             mem: a.mem,
-            rx,
-            tx,
+            rx: GuestQueue::new(rx, "virtio-net receive queue"),
+            tx: GuestQueue::new(tx, "virtio-net transmit queue"),
             interrupt: a.interrupt,
             acked: a.acked_features,
         });
@@ -234,6 +235,10 @@ impl VirtioDevice for Net {
 
     fn init_events(&mut self, reg: &mut dyn EventRegistry) {
         reg.add(self.tap.as_raw_fd(), TOKEN_TAP, EventSet::IN);
+    }
+
+    fn needs_reset(&self) -> bool {
+        matches!(&self.state, State::Active(a) if a.rx.is_broken() || a.tx.is_broken())
     }
 
     fn process_event(&mut self, token: u32, _: EventSet, reg: &mut dyn EventRegistry) {

@@ -11,10 +11,11 @@
 use std::io::Write;
 use std::sync::atomic::Ordering;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::HDR_LEN;
+use crate::devices::virtio::queue::GuestQueue;
 use crate::memory::GuestMemory;
 
 /// What became of a frame.
@@ -36,7 +37,7 @@ const NUM_BUFFERS: usize = 10;
 /// Writes `frame` into the RX queue's buffers; `used` receives the (head, length) pairs to
 /// publish with [`publish`]. `frame` is at least a header long; its `num_buffers` is set.
 pub fn write_frame(
-    q: &mut Queue,
+    q: &mut GuestQueue,
     mem: &GuestMemory,
     frame: &mut [u8],
     mergeable: bool,
@@ -54,7 +55,7 @@ pub fn write_frame(
     let mut first = None;
     let mut off = 0;
     while off < frame.len() {
-        let Some(chain) = q.pop_descriptor_chain(mem) else {
+        let Some(chain) = q.pop(mem) else {
             // Every slot of the ring was posted and the frame still does not fit: no more
             // buffers can come before these are used, so waiting would stall RX for good.
             // (Counted in chains: a driver posting multi-descriptor chains fills its ring
@@ -101,12 +102,12 @@ pub fn write_frame(
 
 /// One chain holds the whole frame, else the frame is dropped and the chain returned empty.
 fn write_one(
-    q: &mut Queue,
+    q: &mut GuestQueue,
     mem: &GuestMemory,
     frame: &mut [u8],
     used: &mut Vec<(u16, u32)>,
 ) -> Outcome {
-    let Some(chain) = q.pop_descriptor_chain(mem) else {
+    let Some(chain) = q.pop(mem) else {
         return Outcome::NoBuffers;
     };
     let head = chain.head_index();
@@ -134,7 +135,7 @@ fn drop_consumed(used: &mut Vec<(u16, u32)>, head: u16) -> Outcome {
 /// Puts `used` on the used ring and then moves its index once, so all of a frame's
 /// entries become visible to the driver together.
 pub fn publish(
-    q: &mut Queue,
+    q: &mut GuestQueue,
     mem: &GuestMemory,
     used: &[(u16, u32)],
 ) -> Result<(), virtio_queue::Error> {

@@ -4,13 +4,14 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vmm_sys_util::epoll::EventSet;
 
 use super::muxer::Muxer;
 use super::packet::{validate, Header, HDR_LEN};
 use super::{VsockError, MAX_PKT_LEN};
 use crate::config::VsockConfig;
+use crate::devices::virtio::queue::GuestQueue;
 use crate::devices::virtio::{
     ActivateError, Activation, EventRegistry, Interrupt, VirtioDevice, INT_USED_RING, TYPE_VSOCK,
 };
@@ -24,8 +25,8 @@ const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
 
 struct Active {
     mem: GuestMemory,
-    rx: Queue,
-    tx: Queue,
+    rx: GuestQueue,
+    tx: GuestQueue,
     interrupt: Arc<Interrupt>,
 }
 
@@ -70,7 +71,7 @@ impl Vsock {
         };
         let mem = a.mem.clone();
         let mut used = 0;
-        while let Some(chain) = a.tx.pop_descriptor_chain(&mem) {
+        while let Some(chain) = a.tx.pop(&mem) {
             let head = chain.head_index();
             match chain.reader(&mem) {
                 Ok(mut reader) => {
@@ -110,7 +111,7 @@ impl Vsock {
         let mem = a.mem.clone();
         let mut used = 0;
         while self.muxer.has_rx() {
-            let Some(chain) = a.rx.pop_descriptor_chain(&mem) else {
+            let Some(chain) = a.rx.pop(&mem) else {
                 break;
             };
             let head = chain.head_index();
@@ -130,7 +131,8 @@ impl Vsock {
                         }
                         None => {
                             // Nothing after all: give the buffer back to the ring.
-                            a.rx.set_next_avail(a.rx.next_avail().wrapping_sub(1));
+                            let back = a.rx.next_avail().wrapping_sub(1);
+                            a.rx.set_next_avail(back);
                             break;
                         }
                     }
@@ -174,8 +176,8 @@ impl VirtioDevice for Vsock {
         };
         self.state = State::Active(Active {
             mem: a.mem,
-            rx,
-            tx,
+            rx: GuestQueue::new(rx, "virtio-vsock receive queue"),
+            tx: GuestQueue::new(tx, "virtio-vsock transmit queue"),
             interrupt: a.interrupt,
         });
         Ok(())
@@ -200,6 +202,10 @@ impl VirtioDevice for Vsock {
 
     fn init_events(&mut self, reg: &mut dyn EventRegistry) {
         self.muxer.init_events(reg);
+    }
+
+    fn needs_reset(&self) -> bool {
+        matches!(&self.state, State::Active(a) if a.rx.is_broken() || a.tx.is_broken())
     }
 
     fn process_event(&mut self, token: u32, events: EventSet, reg: &mut dyn EventRegistry) {

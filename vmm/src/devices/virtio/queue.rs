@@ -1,0 +1,75 @@
+//! A virtqueue as a device model takes chains from it: virtio-queue's [`Queue`] plus
+//! whether the driver broke it.
+//!
+//! A driver that publishes an available index more than the queue's size ahead of the
+//! device's position (or a ring the device cannot read) breaks the queue: virtio-queue
+//! refuses to iterate it (`InvalidAvailRingIndex`), and its `pop_descriptor_chain` turns
+//! that refusal into `None` after logging it, on every call. A guest kicking such a queue
+//! in a loop then cost a ring read and a log line per kick. Here the first refusal is
+//! logged once and marks the queue broken: it is never read again until the driver resets
+//! the device, and the transport shows the driver DEVICE_NEEDS_RESET
+//! ([`super::VirtioDevice::needs_reset`]).
+
+use std::ops::{Deref, DerefMut};
+
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT};
+
+use crate::memory::GuestMemory;
+
+pub struct GuestQueue {
+    queue: Queue,
+    /// Names the queue in the one log line a broken queue gets.
+    what: &'static str,
+    broken: bool,
+}
+
+impl GuestQueue {
+    pub fn new(queue: Queue, what: &'static str) -> GuestQueue {
+        GuestQueue {
+            queue,
+            what,
+            broken: false,
+        }
+    }
+
+    /// The next chain the driver made available; `None` when there is none or the queue
+    /// is broken.
+    pub fn pop<'m>(&mut self, mem: &'m GuestMemory) -> Option<DescriptorChain<&'m GuestMemory>> {
+        if self.broken {
+            return None;
+        }
+        match self.queue.iter(mem) {
+            Ok(mut chains) => chains.next(),
+            Err(e) => {
+                self.broken = true;
+                log::error!(
+                    "{}: {e}; the queue is ignored until the driver resets the device",
+                    self.what
+                );
+                None
+            }
+        }
+    }
+
+    /// Whether the driver broke the queue (see the module comment).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+}
+
+impl Deref for GuestQueue {
+    type Target = Queue;
+    fn deref(&self) -> &Queue {
+        &self.queue
+    }
+}
+
+impl DerefMut for GuestQueue {
+    fn deref_mut(&mut self) -> &mut Queue {
+        &mut self.queue
+    }
+}
+
+#[cfg(test)]
+#[path = "queue_tests.rs"]
+mod tests;
