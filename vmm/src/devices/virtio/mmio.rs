@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -61,6 +62,21 @@ pub struct MmioTransport<D: VirtioDevice> {
     queue_sel: u32,
     config_generation: u32,
     activate_evt: EventFd,
+    /// Per queue, the fields ([`QueueField`] bits) whose last write the queue refused (a
+    /// size that is 0, above the maximum or not a power of two; a misaligned ring). The
+    /// queue keeps its previous value, so activation must fail rather than run the device
+    /// on rings the driver did not give.
+    refused: Vec<u8>,
+}
+
+/// Bits of [`MmioTransport`]'s `refused`.
+struct QueueField;
+
+impl QueueField {
+    const SIZE: u8 = 1;
+    const DESC: u8 = 2;
+    const AVAIL: u8 = 4;
+    const USED: u8 = 8;
 }
 
 /// Event token of the transport's activation request.
@@ -77,6 +93,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             queue_evts.push(EventFd::new(libc::EFD_NONBLOCK)?);
         }
         Ok(MmioTransport {
+            refused: vec![0; queues.len()],
             device,
             mem,
             interrupt: Arc::new(Interrupt::new(irq_evt)),
@@ -137,6 +154,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         for q in &mut self.queues {
             q.reset();
         }
+        self.refused.fill(0);
         self.interrupt.ack(u32::MAX);
     }
 
@@ -146,7 +164,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             .iter()
             .enumerate()
             .filter(|(i, _)| self.device.queue_required(*i, self.acked_features))
-            .find(|(_, q)| !q.is_valid(&self.mem));
+            .find(|(i, q)| self.refused[*i] != 0 || !q.is_valid(&self.mem));
         let kicks: std::io::Result<Vec<EventFd>> =
             self.queue_evts.iter().map(|e| e.try_clone()).collect();
         let result = match (all_valid, kicks) {
@@ -257,11 +275,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
             0x24 => self.driver_features_sel = v,
             0x30 => self.queue_sel = v,
             0x38 if configurable => {
-                if let Ok(size) = u16::try_from(v) {
-                    if let Some(q) = self.selected_queue() {
-                        q.set_size(size);
-                    }
-                }
+                // try_set_size, not set_size: that one logs every refused write, which
+                // would give the guest a log flood.
+                let ok = self
+                    .selected_queue()
+                    .map(|q| u16::try_from(v).is_ok_and(|size| q.try_set_size(size).is_ok()));
+                self.note_refused(QueueField::SIZE, ok);
             }
             0x44 if configurable => {
                 if let Some(q) = self.selected_queue() {
@@ -280,17 +299,44 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 let Some(q) = self.selected_queue() else {
                     return;
                 };
-                match offset {
-                    0x80 => q.set_desc_table_address(Some(v), None),
-                    0x84 => q.set_desc_table_address(None, Some(v)),
-                    0x90 => q.set_avail_ring_address(Some(v), None),
-                    0x94 => q.set_avail_ring_address(None, Some(v)),
-                    0xa0 => q.set_used_ring_address(Some(v), None),
-                    0xa4 => q.set_used_ring_address(None, Some(v)),
-                    _ => {}
-                }
+                let half = |old: u64| {
+                    if offset % 8 == 0 {
+                        (old & !0xffff_ffff) | u64::from(v)
+                    } else {
+                        (old & 0xffff_ffff) | (u64::from(v) << 32)
+                    }
+                };
+                let (field, ok) = match offset {
+                    0x80 | 0x84 => {
+                        let a = GuestAddress(half(q.desc_table()));
+                        (QueueField::DESC, q.try_set_desc_table_address(a).is_ok())
+                    }
+                    0x90 | 0x94 => {
+                        let a = GuestAddress(half(q.avail_ring()));
+                        (QueueField::AVAIL, q.try_set_avail_ring_address(a).is_ok())
+                    }
+                    0xa0 | 0xa4 => {
+                        let a = GuestAddress(half(q.used_ring()));
+                        (QueueField::USED, q.try_set_used_ring_address(a).is_ok())
+                    }
+                    _ => return,
+                };
+                self.note_refused(field, Some(ok));
             }
             _ => {}
+        }
+    }
+
+    /// Records whether the selected queue took the last write of `field` (`None`: no
+    /// queue is selected).
+    fn note_refused(&mut self, field: u8, ok: Option<bool>) {
+        let (Some(ok), Some(r)) = (ok, self.refused.get_mut(self.queue_sel as usize)) else {
+            return;
+        };
+        if ok {
+            *r &= !field;
+        } else {
+            *r |= field;
         }
     }
 

@@ -319,3 +319,127 @@ fn restore_refuses_another_device_or_unoffered_features() {
     assert!(n.restore(&other).is_err());
     assert_eq!(n.state(), DeviceState::Inactive);
 }
+
+/// Every hostile value a driver can write into queue `i`'s registers.
+fn rewrite_queue(t: &mut MmioTransport<Dummy>, i: u32) {
+    wr(t, 0x30, i);
+    for size in [0, 3, 17, 1 << 15, u32::MAX] {
+        wr(t, 0x38, size);
+    }
+    for reg in [0x80, 0x84, 0x90, 0x94, 0xa0, 0xa4] {
+        wr(t, reg, 0xffff_f001);
+    }
+    wr(t, 0x44, 0);
+}
+
+#[test]
+fn case_07_queue_registers_are_frozen_after_driver_ok() {
+    let mut t = transport(false);
+    bring_up(&mut t);
+    set_ring_idx(&t, 0x10200, 0);
+    set_ring_idx(&t, 0x20200, 0);
+    let before = t.save().unwrap();
+    for i in [0, 1, 2, u32::MAX] {
+        rewrite_queue(&mut t, i);
+    }
+    assert_eq!(t.state(), DeviceState::Active);
+    assert_eq!(t.save().unwrap().queues, before.queues);
+    wr(&mut t, 0x30, 0);
+    assert_eq!(rd(&mut t, 0x44), 1);
+
+    // Between DRIVER_OK and the event loop's activation too.
+    let mut t = transport(false);
+    bring_up_without_activation(&mut t);
+    for i in [0, 1] {
+        rewrite_queue(&mut t, i);
+    }
+    t.handle_event(TOKEN_ACTIVATE, EventSet::IN, &mut NoRegistry);
+    assert_eq!(t.state(), DeviceState::Active);
+    set_ring_idx(&t, 0x10200, 0);
+    set_ring_idx(&t, 0x20200, 0);
+    assert_eq!(t.save().unwrap().queues, before.queues);
+}
+
+/// `bring_up` up to DRIVER_OK, without the activation the event loop does.
+fn bring_up_without_activation(t: &mut MmioTransport<Dummy>) {
+    wr(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    wr(t, 0x24, 1);
+    wr(t, 0x20, 1);
+    wr(t, 0x24, 0);
+    wr(t, 0x20, 1 << 5);
+    let ok = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+    wr(t, 0x70, ok);
+    for (i, base) in [(0u32, 0x10000u32), (1, 0x20000)] {
+        wr(t, 0x30, i);
+        wr(t, 0x38, 16);
+        wr(t, 0x80, base);
+        wr(t, 0x90, base + 0x100);
+        wr(t, 0xa0, base + 0x200);
+        wr(t, 0x44, 1);
+    }
+    wr(t, 0x70, ok | STATUS_DRIVER_OK);
+    assert_eq!(t.state(), DeviceState::Activating);
+}
+
+/// Brings `t` up to DRIVER_OK with queue 0 configured by `queue0` after the good values.
+fn activate_with(queue0: &[(u64, u32)]) -> MmioTransport<Dummy> {
+    let mut t = transport(false);
+    wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    wr(&mut t, 0x24, 1);
+    wr(&mut t, 0x20, 1);
+    let ok = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+    wr(&mut t, 0x70, ok);
+    for (i, base) in [(0u32, 0x10000u32), (1, 0x20000)] {
+        wr(&mut t, 0x30, i);
+        wr(&mut t, 0x38, 16);
+        wr(&mut t, 0x80, base);
+        wr(&mut t, 0x90, base + 0x100);
+        wr(&mut t, 0xa0, base + 0x200);
+        wr(&mut t, 0x44, 1);
+    }
+    wr(&mut t, 0x30, 0);
+    for &(reg, v) in queue0 {
+        wr(&mut t, reg, v);
+    }
+    wr(&mut t, 0x70, ok | STATUS_DRIVER_OK);
+    t.handle_event(TOKEN_ACTIVATE, EventSet::IN, &mut NoRegistry);
+    t
+}
+
+#[test]
+fn case_08_activation_with_invalid_rings_fails_with_needs_reset() {
+    let cases: &[(&str, &[(u64, u32)])] = &[
+        ("size 0", &[(0x38, 0)]),
+        ("size not a power of two", &[(0x38, 12)]),
+        ("size above the maximum", &[(0x38, 32)]),
+        ("size beyond 16 bits", &[(0x38, 1 << 16 | 8)]),
+        ("misaligned descriptor table", &[(0x80, 0x10008)]),
+        ("misaligned available ring", &[(0x90, 0x10101)]),
+        ("misaligned used ring", &[(0xa0, 0x10202)]),
+        ("descriptor table beyond memory", &[(0x84, 1)]),
+        (
+            "available ring at the end of memory",
+            &[(0x90, (16 << 20) - 4)],
+        ),
+        ("used ring in the MMIO gap", &[(0xa0, 0xd000_0000)]),
+        (
+            "used ring wrapping past 2^64",
+            &[(0xa0, 0xffff_fffc), (0xa4, u32::MAX)],
+        ),
+    ];
+    for (what, writes) in cases {
+        let mut t = activate_with(writes);
+        assert_eq!(t.state(), DeviceState::Failed, "{what}");
+        assert!(!t.device().activated, "{what}");
+        assert_ne!(rd(&mut t, 0x70) & STATUS_NEEDS_RESET, 0, "{what}");
+        assert_ne!(rd(&mut t, 0x60) & INT_CONFIG, 0, "{what}");
+        // A reset and a good initialization recover.
+        wr(&mut t, 0x70, 0);
+        assert_eq!(rd(&mut t, 0x70), 0);
+        bring_up(&mut t);
+        assert_eq!(t.state(), DeviceState::Active, "{what} then a good init");
+    }
+    // A refused value followed by a good one is the good one.
+    let t = activate_with(&[(0x38, 12), (0x38, 8), (0x80, 0x10008), (0x80, 0x10000)]);
+    assert_eq!(t.state(), DeviceState::Active);
+}
