@@ -12,6 +12,7 @@ pub mod mount;
 pub mod network;
 pub mod pidfile;
 pub mod pod;
+pub mod poddir;
 pub mod process;
 pub mod ram;
 pub mod server;
@@ -24,6 +25,8 @@ pub mod vm;
 pub mod vmm;
 pub mod vsock;
 
+#[cfg(test)]
+mod catalogue_tests;
 #[cfg(test)]
 pub mod testutil;
 

@@ -20,12 +20,23 @@ pub trait MountOps: Send + Sync {
         flags: MsFlags,
         data: &str,
     ) -> std::io::Result<()>;
+    /// Binds the tree at `source` (with the mounts below it) onto `target`; with
+    /// `read_only`, the whole tree is read-only before it appears at `target`, so every
+    /// copy that propagation makes of it (the pod's `shared/` side, which virtiofsd
+    /// exports) is read-only too. `target` itself is not followed if it is a symlink.
+    fn bind(&self, source: &Path, target: &Path, read_only: bool) -> std::io::Result<()>;
     /// Lazy, no-follow unmount.
     fn umount(&self, target: &Path) -> std::io::Result<()>;
-    fn mkdir(&self, path: &Path) -> std::io::Result<()>;
-    /// Creates an empty file to bind a file onto.
+    /// Creates `path` and the directories between `base` (which must exist) and it;
+    /// fails if one of them is there already as anything but a real directory (a
+    /// symlink is never followed).
+    fn mkdir(&self, base: &Path, path: &Path) -> std::io::Result<()>;
+    /// Creates an empty file to bind a file onto (never through a symlink).
     fn touch(&self, path: &Path) -> std::io::Result<()>;
+    /// Whether `path` is a directory, following symlinks (a bind source).
     fn is_dir(&self, path: &Path) -> bool;
+    /// Whether `path` is a directory itself, not a symlink to one.
+    fn is_real_dir(&self, path: &Path) -> bool;
     /// Removes an empty directory or a file; never recursive, so data below a mount that
     /// failed to go away is never deleted.
     fn remove(&self, path: &Path) -> std::io::Result<()>;
@@ -33,6 +44,87 @@ pub trait MountOps: Send + Sync {
 
 /// The host's mount(2).
 pub struct HostMounts;
+
+fn cpath(p: &Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn not_a_real_dir(p: &Path) -> std::io::Error {
+    std::io::Error::other(format!(
+        "{} is there already and is not a directory the shim made (a symlink?)",
+        p.display()
+    ))
+}
+
+/// `open_tree(2)` with `OPEN_TREE_CLONE | AT_RECURSIVE`: a detached copy of the tree at
+/// `source` (an rbind that is not attached anywhere yet).
+fn open_tree_clone(source: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let src = cpath(source)?;
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32;
+    // SAFETY: `src` is a NUL-terminated path that outlives the call; open_tree only reads
+    // it and returns a new file descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, src.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: open_tree returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// `mount_setattr(2)`: makes every mount of the detached tree `tree` read-only.
+fn set_tree_read_only(tree: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as u32;
+    // SAFETY: the path is an empty NUL-terminated string, `attr` is a valid mount_attr
+    // whose size is passed with it; both outlive the call, which only reads them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `move_mount(2)`: attaches the detached tree `tree` at `target` (not following a
+/// symlink there: that needs `MOVE_MOUNT_T_SYMLINKS`, which is not passed).
+fn move_tree(tree: &std::os::fd::OwnedFd, target: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dst = cpath(target)?;
+    // SAFETY: both paths are NUL-terminated strings that outlive the call, which only
+    // reads them; `tree` is an open descriptor.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 impl MountOps for HostMounts {
     fn mount(
@@ -47,23 +139,70 @@ impl MountOps for HostMounts {
         let data = (!data.is_empty()).then_some(data);
         nix::mount::mount(Some(source), target, fstype, flags, data).map_err(std::io::Error::from)
     }
+    fn bind(&self, source: &Path, target: &Path, read_only: bool) -> std::io::Result<()> {
+        // A bind then a remount would make only the shim's side read-only: the bind
+        // propagates to shared/ at once, read-write, and a remount does not propagate.
+        // The detached tree is made read-only (every mount in it) before it is attached.
+        let tree = match open_tree_clone(source) {
+            Ok(t) => t,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) && !read_only => {
+                return self.mount(
+                    &source.display().to_string(),
+                    target,
+                    "",
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    "",
+                );
+            }
+            Err(e) => return Err(e),
+        };
+        if read_only {
+            set_tree_read_only(&tree).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("making the bind read-only (mount_setattr, Linux 5.12): {e}"),
+                )
+            })?;
+        }
+        move_tree(&tree, target)
+    }
     fn umount(&self, target: &Path) -> std::io::Result<()> {
         nix::mount::umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
             .map_err(std::io::Error::from)
     }
-    fn mkdir(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::create_dir_all(path)
+    fn mkdir(&self, base: &Path, path: &Path) -> std::io::Result<()> {
+        let rel = path
+            .strip_prefix(base)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut at = base.to_path_buf();
+        for c in rel.components() {
+            at.push(c);
+            match std::fs::create_dir(&at) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            if !self.is_real_dir(&at) {
+                return Err(not_a_real_dir(&at));
+            }
+        }
+        Ok(())
     }
     fn touch(&self, path: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map(drop)
     }
     fn is_dir(&self, path: &Path) -> bool {
         path.is_dir()
+    }
+    fn is_real_dir(&self, path: &Path) -> bool {
+        std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
     }
     fn remove(&self, path: &Path) -> std::io::Result<()> {
         match std::fs::symlink_metadata(path) {
@@ -90,26 +229,14 @@ impl<M: MountOps> MountShare<M> {
     }
 
     fn bind(&self, src: &Path, dst: &Path, read_only: bool) -> Result<()> {
-        let s = src.display().to_string();
         self.ops
-            .mount(&s, dst, "", MsFlags::MS_BIND | MsFlags::MS_REC, "")
+            .bind(src, dst, read_only)
             .map_err(Self::err(format!(
-                "bind {} on {}",
+                "bind {} on {}{}",
                 src.display(),
-                dst.display()
-            )))?;
-        if read_only {
-            self.ops
-                .mount(
-                    "",
-                    dst,
-                    "",
-                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                    "",
-                )
-                .map_err(Self::err(format!("remount {} read-only", dst.display())))?;
-        }
-        Ok(())
+                dst.display(),
+                if read_only { " (read-only)" } else { "" }
+            )))
     }
 
     /// Mounts containerd's rootfs mounts (the snapshotter's overlay) on `<bundle>/rootfs`.
@@ -150,6 +277,31 @@ impl<M: MountOps> MountShare<M> {
     }
 }
 
+fn is_index(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 6 && name.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The rootfs mounts husk can share with virtio-fs: containerd's overlay or bind mounts
+/// of directories. Anything else (a block device's filesystem, a type or source left
+/// empty) is refused before anything is mounted.
+pub fn check_rootfs_mounts(rootfs: &[RootfsMount]) -> Result<()> {
+    for m in rootfs {
+        let ok = match m.kind.as_str() {
+            "overlay" => !m.source.is_empty(),
+            "bind" | "rbind" => Path::new(&m.source).is_absolute(),
+            _ => false,
+        };
+        if !ok {
+            return Err(ShimError::InvalidArgument(format!(
+                "rootfs mount {:?} of {:?}: husk shares a container's rootfs as a directory \
+                 (overlay or bind), never a block device or another filesystem",
+                m.kind, m.source
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn container_dir(pod_dir: &Path, id: &str) -> PathBuf {
     pod_dir.join("mounts").join(id)
 }
@@ -159,7 +311,7 @@ impl<M: MountOps> RootfsShare for MountShare<M> {
         let (mounts, shared) = (pod_dir.join("mounts"), pod_dir.join("shared"));
         for d in [&mounts, &shared] {
             self.ops
-                .mkdir(d)
+                .mkdir(pod_dir, d)
                 .map_err(Self::err(format!("creating {}", d.display())))?;
         }
         let m = mounts.display().to_string();
@@ -204,18 +356,26 @@ impl<M: MountOps> RootfsShare for MountShare<M> {
         let binds = rewrite_spec(id, spec)?;
         let dir = container_dir(pod_dir, id);
         let root_dst = dir.join("rootfs");
+        check_rootfs_mounts(rootfs)?;
         self.ops
-            .mkdir(&root_dst)
+            .mkdir(pod_dir, &root_dst)
             .map_err(Self::err(format!("creating {}", root_dst.display())))?;
         let root_src = self.mount_rootfs(bundle, rootfs, root)?;
+        if !self.ops.is_dir(&root_src) {
+            return Err(ShimError::InvalidArgument(format!(
+                "the rootfs {} is not a directory (husk shares a rootfs as a directory, \
+                 never as a block device)",
+                root_src.display()
+            )));
+        }
         self.bind(&root_src, &root_dst, spec.root_readonly())?;
         for (i, src, ro) in binds {
             let dst = dir.join("mounts").join(i.to_string());
             let made = if self.ops.is_dir(&src) {
-                self.ops.mkdir(&dst)
+                self.ops.mkdir(pod_dir, &dst)
             } else {
                 self.ops
-                    .mkdir(&dir.join("mounts"))
+                    .mkdir(pod_dir, &dir.join("mounts"))
                     .and_then(|_| self.ops.touch(&dst))
             };
             made.map_err(Self::err(format!("creating {}", dst.display())))?;
@@ -227,11 +387,26 @@ impl<M: MountOps> RootfsShare for MountShare<M> {
     fn unshare(&self, pod_dir: &Path, id: &str, bundle: &Path) -> Result<()> {
         let dir = container_dir(pod_dir, id);
         let mounts = dir.join("mounts");
-        if let Ok(entries) = std::fs::read_dir(&mounts) {
-            for e in entries.flatten() {
-                let _ = self.ops.umount(&e.path());
-                let _ = self.ops.remove(&e.path());
+        // Only the shim's own directories are walked: if one of them is not a real
+        // directory (a symlink to elsewhere), nothing below it is unmounted or removed.
+        let ours = [pod_dir.join("mounts"), dir.clone(), mounts.clone()]
+            .iter()
+            .all(|d| self.ops.is_real_dir(d));
+        if ours {
+            if let Ok(entries) = std::fs::read_dir(&mounts) {
+                for e in entries.flatten() {
+                    // the shim names them by the mount's index in the spec
+                    if e.file_name().to_str().is_some_and(is_index) {
+                        let _ = self.ops.umount(&e.path());
+                        let _ = self.ops.remove(&e.path());
+                    }
+                }
             }
+        } else if self.ops.is_real_dir(pod_dir) {
+            log::warn!(
+                "unsharing {id}: {} is not the directory the shim made; leaving what is below it",
+                mounts.display()
+            );
         }
         let _ = self.ops.remove(&mounts);
         let _ = self.ops.umount(&dir.join("rootfs"));
@@ -280,16 +455,23 @@ mod tests {
             let f = f.trim_start_matches("MsFlags(").trim_end_matches(')');
             self.push(format!("mount {s} {} {ty} {f} {d}", t.display()))
         }
+        fn bind(&self, s: &Path, t: &Path, ro: bool) -> std::io::Result<()> {
+            let how = if ro { "ro" } else { "rw" };
+            self.push(format!("bind {} {} {how}", s.display(), t.display()))
+        }
         fn umount(&self, t: &Path) -> std::io::Result<()> {
             self.push(format!("umount {}", t.display()))
         }
-        fn mkdir(&self, p: &Path) -> std::io::Result<()> {
+        fn mkdir(&self, _base: &Path, p: &Path) -> std::io::Result<()> {
             self.push(format!("mkdir {}", p.display()))
         }
         fn touch(&self, p: &Path) -> std::io::Result<()> {
             self.push(format!("touch {}", p.display()))
         }
         fn is_dir(&self, p: &Path) -> bool {
+            p.extension().is_none()
+        }
+        fn is_real_dir(&self, p: &Path) -> bool {
             p.extension().is_none()
         }
         fn remove(&self, p: &Path) -> std::io::Result<()> {
@@ -355,14 +537,12 @@ mod tests {
             [
                 "mkdir /p/mounts/c1/rootfs",
                 "mount overlay /b/rootfs overlay empty index=off,workdir=/w,upperdir=/u,lowerdir=/l",
-                "mount /b/rootfs /p/mounts/c1/rootfs  MS_BIND | MS_REC ",
-                "mount  /p/mounts/c1/rootfs  MS_RDONLY | MS_REMOUNT | MS_BIND ",
+                "bind /b/rootfs /p/mounts/c1/rootfs ro",
                 "mkdir /p/mounts/c1/mounts/0",
-                "mount /srv/data /p/mounts/c1/mounts/0  MS_BIND | MS_REC ",
-                "mount  /p/mounts/c1/mounts/0  MS_RDONLY | MS_REMOUNT | MS_BIND ",
+                "bind /srv/data /p/mounts/c1/mounts/0 ro",
                 "mkdir /p/mounts/c1/mounts",
                 "touch /p/mounts/c1/mounts/1",
-                "mount /var/x/hosts.txt /p/mounts/c1/mounts/1  MS_BIND | MS_REC ",
+                "bind /var/x/hosts.txt /p/mounts/c1/mounts/1 rw",
             ]
         );
         assert_eq!(
@@ -397,7 +577,7 @@ mod tests {
             *log,
             [
                 "mkdir /p/mounts/c1/rootfs",
-                "mount /srv/root /p/mounts/c1/rootfs  MS_BIND | MS_REC ",
+                "bind /srv/root /p/mounts/c1/rootfs rw",
             ]
         );
     }
@@ -405,7 +585,7 @@ mod tests {
     #[test]
     fn a_failed_mount_is_an_error_naming_the_path() {
         let rec = Rec {
-            fail_on: Some("mount /srv"),
+            fail_on: Some("bind /srv"),
             ..Default::default()
         };
         let s = MountShare::new(&rec);

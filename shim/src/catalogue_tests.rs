@@ -1,0 +1,243 @@
+//! Reliability catalogue cases (`../shared/docs/reliability-catalogue.md`) that span
+//! several of the shim's modules. Cases that need root say so and skip with a message
+//! when not root.
+
+use std::path::{Path, PathBuf};
+
+use crate::mount::{HostMounts, MountShare};
+use crate::share::{RootfsMount, RootfsShare};
+use crate::spec::BundleSpec;
+use crate::testutil::TempDir;
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+macro_rules! require_root {
+    ($case:expr) => {
+        if !is_root() {
+            eprintln!("SKIPPED {}: needs root (real mounts)", $case);
+            return;
+        }
+    };
+}
+
+/// Mount points at or below `dir` (from /proc/self/mountinfo).
+fn mounts_below(dir: &Path) -> Vec<String> {
+    let want = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|m| m == &want || m.starts_with(&format!("{want}/")))
+        .collect()
+}
+
+fn write_error(path: &Path) -> Option<i32> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"guest root was here\n"))
+        .err()
+        .map(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+fn spec_json(root: &Path, mounts: &[(&str, &Path, &[&str])], readonly_root: bool) -> String {
+    let m: Vec<serde_json::Value> = mounts
+        .iter()
+        .map(|(dst, src, opts)| {
+            serde_json::json!({"destination": dst, "type": "bind", "source": src, "options": opts})
+        })
+        .collect();
+    serde_json::json!({"root": {"path": root, "readonly": readonly_root}, "mounts": m}).to_string()
+}
+
+/// A pod directory shared with real mounts; unshared and cleaned up on drop.
+struct RealPod {
+    share: MountShare<HostMounts>,
+    dir: TempDir,
+    pod: PathBuf,
+    bundle: PathBuf,
+}
+
+impl RealPod {
+    fn new(tag: &str) -> RealPod {
+        let dir = TempDir::new(tag);
+        let pod = dir.path().join("state/p1");
+        std::fs::create_dir_all(&pod).unwrap();
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        RealPod {
+            share: MountShare::new(HostMounts),
+            dir,
+            pod,
+            bundle,
+        }
+    }
+    fn share(
+        &self,
+        id: &str,
+        spec: &str,
+        rootfs: &[RootfsMount],
+    ) -> crate::error::Result<BundleSpec> {
+        let mut s =
+            BundleSpec::from_slice(spec.as_bytes(), self.bundle.join("config.json")).unwrap();
+        self.share
+            .share(&self.pod, id, &self.bundle, rootfs, &mut s)?;
+        Ok(s)
+    }
+}
+
+impl Drop for RealPod {
+    fn drop(&mut self) {
+        for id in ["c1", "c2"] {
+            let _ = self.share.unshare(&self.pod, id, &self.bundle);
+        }
+        let _ = self.share.cleanup_pod(&self.pod);
+        for m in mounts_below(self.dir.path()).iter().rev() {
+            let _ = nix::mount::umount2(Path::new(m), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+#[test]
+fn case_24_read_only_volumes_are_read_only_on_the_side_virtiofsd_exports() {
+    require_root!("case 24");
+    let p = RealPod::new("case24");
+    let shared = p.share.prepare_pod(&p.pod).unwrap();
+    // A read-only volume with a mount inside it (a hostPath over a directory that has a
+    // mount below it), a read-write volume, and a read-only rootfs.
+    let vol = p.dir.path().join("vol");
+    std::fs::create_dir_all(vol.join("sub")).unwrap();
+    std::fs::write(vol.join("f"), "host data\n").unwrap();
+    let sub_src = p.dir.path().join("sub-src");
+    std::fs::create_dir_all(&sub_src).unwrap();
+    std::fs::write(sub_src.join("g"), "host data\n").unwrap();
+    nix::mount::mount(
+        Some(&sub_src),
+        &vol.join("sub"),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let rw = p.dir.path().join("rw");
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::write(rw.join("f"), "").unwrap();
+    let root = p.dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("etc-passwd"), "root:x:0:0\n").unwrap();
+    let spec = spec_json(
+        &root,
+        &[
+            ("/ro", &vol, &["rbind", "ro"]),
+            ("/rw", &rw, &["rbind", "rw"]),
+        ],
+        true,
+    );
+    p.share("c1", &spec, &[]).unwrap();
+    let guest = shared.join("c1");
+    // What virtiofsd serves: guest root's writes must fail there (EROFS), on the volume,
+    // on the mount inside it, and on the read-only rootfs ...
+    for f in ["mounts/0/f", "mounts/0/sub/g", "rootfs/etc-passwd"] {
+        assert_eq!(
+            write_error(&guest.join(f)),
+            Some(libc::EROFS),
+            "{f} is writable from the guest"
+        );
+    }
+    // ... while the read-write volume takes them (the check above is not vacuous).
+    assert_eq!(write_error(&guest.join("mounts/1/f")), None);
+    assert_eq!(
+        std::fs::read_to_string(vol.join("f")).unwrap(),
+        "host data\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sub_src.join("g")).unwrap(),
+        "host data\n"
+    );
+    p.share.unshare(&p.pod, "c1", &p.bundle).unwrap();
+    p.share.cleanup_pod(&p.pod).unwrap();
+    let left: Vec<_> = mounts_below(&p.pod);
+    assert!(left.is_empty(), "mounts left: {left:?}");
+    nix::mount::umount2(&vol.join("sub"), nix::mount::MntFlags::MNT_DETACH).unwrap();
+}
+
+/// A directory standing in for /etc, with a file standing in for /etc/shadow.
+fn victim(d: &Path) -> PathBuf {
+    let v = d.join("etc");
+    std::fs::create_dir_all(&v).unwrap();
+    std::fs::write(v.join("shadow"), "root:secret\n").unwrap();
+    std::fs::write(v.join("0"), "named like a mount index\n").unwrap();
+    v
+}
+
+fn victim_untouched(v: &Path) {
+    assert_eq!(
+        std::fs::read_to_string(v.join("shadow")).unwrap(),
+        "root:secret\n"
+    );
+    assert!(v.join("0").exists(), "a file of the victim was removed");
+    assert!(
+        mounts_below(v).is_empty(),
+        "something was mounted on {}",
+        v.display()
+    );
+}
+
+#[test]
+fn case_33_a_symlinked_mounts_or_shared_dir_is_refused() {
+    require_root!("case 33");
+    for planted in ["mounts", "shared"] {
+        let p = RealPod::new("case33a");
+        let v = victim(p.dir.path());
+        std::os::unix::fs::symlink(&v, p.pod.join(planted)).unwrap();
+        let e = p.share.prepare_pod(&p.pod).unwrap_err().to_string();
+        assert!(
+            e.contains("not a directory the shim made"),
+            "{planted}: {e}"
+        );
+        p.share.cleanup_pod(&p.pod).unwrap();
+        victim_untouched(&v);
+        assert!(
+            std::fs::symlink_metadata(p.pod.join(planted)).is_err(),
+            "the link goes"
+        );
+    }
+}
+
+#[test]
+fn case_33_a_symlinked_container_dir_is_never_mounted_on_or_emptied() {
+    require_root!("case 33");
+    let p = RealPod::new("case33b");
+    let v = victim(p.dir.path());
+    p.share.prepare_pod(&p.pod).unwrap();
+    let root = p.dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let vol = p.dir.path().join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    let spec = spec_json(&root, &[("/v", &vol, &["rbind"])], false);
+    // mounts/c1/rootfs planted as a symlink: the rootfs is not bound over the victim.
+    std::fs::create_dir_all(p.pod.join("mounts/c1")).unwrap();
+    std::os::unix::fs::symlink(&v, p.pod.join("mounts/c1/rootfs")).unwrap();
+    let e = p.share("c1", &spec, &[]).unwrap_err().to_string();
+    assert!(e.contains("not a directory the shim made"), "{e}");
+    victim_untouched(&v);
+    // mounts/c1/mounts planted as a symlink: the volume is not bound below the victim
+    // either, and unsharing neither unmounts nor removes anything through it.
+    std::fs::remove_file(p.pod.join("mounts/c1/rootfs")).unwrap();
+    std::os::unix::fs::symlink(&v, p.pod.join("mounts/c1/mounts")).unwrap();
+    assert!(p.share("c1", &spec, &[]).is_err());
+    victim_untouched(&v);
+    p.share.unshare(&p.pod, "c1", &p.bundle).unwrap();
+    victim_untouched(&v);
+    assert!(
+        std::fs::symlink_metadata(p.pod.join("mounts/c1")).is_err(),
+        "unsharing removed the container's dir (and unlinked the planted link)"
+    );
+    // the whole container dir as a symlink
+    std::os::unix::fs::symlink(&v, p.pod.join("mounts/c2")).unwrap();
+    assert!(p.share("c2", &spec, &[]).is_err());
+    p.share.unshare(&p.pod, "c2", &p.bundle).unwrap();
+    victim_untouched(&v);
+}
