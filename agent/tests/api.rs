@@ -4,75 +4,14 @@
 
 #![allow(clippy::unwrap_used)] // a test crate: helpers panic on setup failure
 
+mod common;
+
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
+use common::*;
 use husk_protocol::agent::*;
-use husk_protocol::agent_ttrpc::AgentClient;
-use ttrpc::context;
-
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    sock: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_server(name: &str) -> (Server, AgentClient) {
-    let dir = std::env::temp_dir().join(format!("husk-api-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("agent.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
-        .arg("serve")
-        .arg("--address")
-        .arg(format!("unix://{}", sock.display()))
-        .arg("--root")
-        .arg(dir.join("root"))
-        .spawn()
-        .unwrap();
-    // The socket file exists from bind(2) on, before listen(2): until then a connect is
-    // refused, so retry until the deadline.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let client = loop {
-        match ttrpc::Client::connect(&format!("unix://{}", sock.display())) {
-            Ok(c) => break c,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "agent did not listen: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    };
-    (Server { child, dir, sock }, AgentClient::new(client))
-}
-
-fn ctx() -> context::Context {
-    context::with_timeout(Duration::from_secs(20).as_nanos() as i64)
-}
-
-fn code<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> ttrpc::Code {
-    match r {
-        Err(ttrpc::Error::RpcStatus(s)) => s.code.enum_value_or_default(),
-        other => panic!("expected an rpc status, got {other:?}"),
-    }
-}
-
-fn creq(id: &str, spec: &[u8]) -> CreateContainerRequest {
-    let mut r = CreateContainerRequest::new();
-    r.container_id = id.into();
-    r.spec_json = spec.to_vec();
-    r
-}
 
 #[test]
 fn health_details_and_malformed_requests() {
@@ -121,109 +60,8 @@ fn health_details_and_malformed_requests() {
         let _ = s.write_all(junk);
         drop(s);
     }
-    let c2 = AgentClient::new(
-        ttrpc::Client::connect(&format!("unix://{}", srv.sock.display())).unwrap(),
-    );
+    let c2 = connect(&srv);
     assert!(c2.check(ctx(), &Empty::new()).unwrap().serving);
-}
-
-fn can_run_containers() -> Option<PathBuf> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP agent API container tests: need root");
-        return None;
-    }
-    let bb = Path::new("/bin/busybox");
-    let out = Command::new("file").arg("-L").arg(bb).output().ok();
-    let static_bb = out.is_some_and(|o| String::from_utf8_lossy(&o.stdout).contains("statically"));
-    if !static_bb {
-        eprintln!(
-            "SKIP agent API container tests: no static /bin/busybox (apt install busybox-static)"
-        );
-        return None;
-    }
-    Some(bb.to_path_buf())
-}
-
-fn rootfs(dir: &Path, bb: &Path) -> PathBuf {
-    let r = dir.join("rootfs");
-    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(r.join(d)).unwrap();
-    }
-    std::fs::copy(bb, r.join("bin/busybox")).unwrap();
-    for c in ["sh", "cat", "echo", "sleep", "true", "test", "stty"] {
-        std::os::unix::fs::symlink("busybox", r.join("bin").join(c)).unwrap();
-    }
-    r
-}
-
-fn spec(root: &Path, args: &[&str]) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "ociVersion": "1.0.2",
-        "root": {"path": root, "readonly": true},
-        "process": {"cwd": "/", "args": args, "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0},
-                    "noNewPrivileges": true},
-        "hostname": "api-test",
-        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
-                   {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
-                   {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-                    "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}],
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"}]}
-    }))
-    .unwrap()
-}
-
-/// A create request whose process gets stdout and stderr pipes and no stdin.
-fn creq_out(id: &str, spec: &[u8]) -> CreateContainerRequest {
-    let mut r = creq(id, spec);
-    r.stdio = stdio(false);
-    r
-}
-
-fn container_req(id: &str) -> ContainerRequest {
-    let mut r = ContainerRequest::new();
-    r.container_id = id.into();
-    r
-}
-
-/// SIGKILLs the container's init and returns its wait status.
-fn kill9(c: &AgentClient, id: &str) -> u32 {
-    let mut sig = SignalProcessRequest::new();
-    sig.container_id = id.into();
-    sig.signal = 9;
-    c.signal_process(ctx(), &sig).unwrap();
-    c.wait_process(ctx(), &proc_req(id, "")).unwrap().status
-}
-
-fn proc_req(id: &str, exec: &str) -> ProcessRequest {
-    let mut r = ProcessRequest::new();
-    r.container_id = id.into();
-    r.exec_id = exec.into();
-    r
-}
-
-fn read_all(c: &AgentClient, id: &str, exec: &str, stream: OutputStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let mut r = ReadOutputRequest::new();
-        r.container_id = id.into();
-        r.exec_id = exec.into();
-        r.stream = stream.into();
-        r.max_len = 4096;
-        let resp = c.read_output(ctx(), &r).unwrap();
-        if resp.eof {
-            return out;
-        }
-        out.extend(resp.data);
-    }
-}
-
-fn stdio(stdin: bool) -> protobuf::MessageField<Stdio> {
-    let mut s = Stdio::new();
-    s.stdin = stdin;
-    s.stdout = true;
-    s.stderr = true;
-    protobuf::MessageField::some(s)
 }
 
 #[test]
