@@ -12,7 +12,7 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use husk_protocol::agent::*;
@@ -241,4 +241,79 @@ fn hostile_round(srv: &mut Server, c: &husk_protocol::agent_ttrpc::AgentClient) 
     // A raw CreateContainer whose payload is empty: every field missing.
     let r = exchange(&srv.sock, &request(17, SERVICE, "CreateContainer", &[])).expect("a status");
     assert_eq!(status_of(&r).0, Code::INVALID_ARGUMENT);
+}
+
+/// Catalogue case 41 (agent part): control-plane bombs on the agent's socket. Hundreds of
+/// connections held open at once (idle, mid-header, mid-body of a 4 MiB frame: slowloris)
+/// and oversized bodies in parallel: another client is still answered at once, memory
+/// stays bounded (a partial body costs what was sent, not what its header claims), and
+/// every thread the connections took is gone once they close.
+#[test]
+fn case_41_control_plane_bombs() {
+    let (mut srv, c) = start_server("c41");
+    let pid = srv.child.id();
+    assert!(c.check(ctx(), &Empty::new()).unwrap().serving);
+    let (threads0, rss0) = (proc_status(pid, "Threads"), proc_status(pid, "VmRSS"));
+    const EACH: usize = 100;
+    let mut held = Vec::new();
+    for i in 0..3 * EACH {
+        let mut s = UnixStream::connect(&srv.sock).unwrap();
+        match i % 3 {
+            0 => {}
+            1 => s.write_all(&frame(64, 1, 1, &[])[..5]).unwrap(),
+            _ => s
+                .write_all(&frame(FRAME_MAX, 1, 1, &[0x0a; 64 << 10]))
+                .unwrap(),
+        }
+        held.push(s);
+    }
+    // Oversized bodies on four connections at once, while the others hang.
+    let sock = srv.sock.clone();
+    let big: Vec<_> = (0..4)
+        .map(|_| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let mut f = frame(FRAME_MAX + 1, 3, 1, &[]);
+                f.resize(10 + FRAME_MAX as usize + 1, 0);
+                exchange(&sock, &f).map(|r| status_of(&r).0)
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    assert!(
+        answers_check(&srv, Duration::from_secs(2)),
+        "no answer with {} connections held",
+        held.len()
+    );
+    let check_ms = t.elapsed().as_millis();
+    for b in big {
+        assert_eq!(b.join().unwrap(), Some(ttrpc::Code::INVALID_ARGUMENT));
+    }
+    let (threads1, rss1) = (proc_status(pid, "Threads"), proc_status(pid, "VmRSS"));
+    assert!(
+        rss1 < rss0 + 64 * 1024,
+        "agent RSS {rss0} kB -> {rss1} kB with {} connections held",
+        held.len()
+    );
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let threads2 = loop {
+        let n = proc_status(pid, "Threads");
+        if n <= threads0 + 2 || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        threads2 <= threads0 + 2,
+        "threads {threads0} -> {threads1} held -> {threads2} after closing"
+    );
+    assert_alive(&mut srv);
+    assert!(answers_check(&srv, Duration::from_secs(2)));
+    eprintln!(
+        "case 41: {} connections held: Check answered in {check_ms} ms; threads {threads0} -> \
+         {threads1} -> {threads2}; RSS {rss0} kB -> {rss1} kB -> {} kB",
+        3 * EACH,
+        proc_status(pid, "VmRSS")
+    );
 }
