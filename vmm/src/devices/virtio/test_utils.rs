@@ -209,3 +209,60 @@ pub fn kick<D: super::VirtioDevice>(t: &mut MmioTransport<D>, index: u32) {
         &mut super::NoRegistry,
     );
 }
+
+/// The test binary's allocator: the system's, counting the bytes each thread asks for, so
+/// a test can show the host allocates nothing in proportion to a length the guest chose.
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCATED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn count_alloc(bytes: usize) {
+    // try_with: the thread may be tearing down its locals.
+    let _ = ALLOCATED.try_with(|a| a.set(a.get().saturating_add(bytes as u64)));
+}
+
+// SAFETY: every call is passed unchanged to the system allocator, which upholds the
+// GlobalAlloc contract; the counter is a plain thread-local that allocates nothing.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_alloc(layout.size());
+        // SAFETY: the caller's layout, as GlobalAlloc::alloc requires.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_alloc(layout.size());
+        // SAFETY: as for alloc.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: ptr came from System with this layout (every allocation here does).
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        count_alloc(new);
+        // SAFETY: ptr came from System with this layout; the caller checked `new`.
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// What `f` returned and the bytes the calling thread allocated while it ran.
+pub fn allocated_during<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    let before = ALLOCATED.with(|a| a.get());
+    let r = f();
+    (r, ALLOCATED.with(|a| a.get()) - before)
+}
+
+#[test]
+fn allocations_are_counted_per_thread() {
+    let (v, n) = allocated_during(|| vec![1u8; 1 << 20]);
+    assert!(n >= 1 << 20, "{n}");
+    let other = std::thread::spawn(|| vec![1u8; 4 << 20]);
+    let (_, n) = allocated_during(|| other.join().unwrap());
+    assert!(n < 1 << 20, "another thread's allocation counted: {n}");
+    drop(v);
+}

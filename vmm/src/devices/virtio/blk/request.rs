@@ -146,6 +146,11 @@ impl Request {
         if !status.is_write_only() || status.len() < 1 {
             return Err(RequestError::BadStatus);
         }
+        // The chain iterator stopped early (a loop, a next index outside the table, more
+        // than 4 GiB in all, a bad indirect table): what it gave is not the whole request.
+        if status.has_next() {
+            return Err(RequestError::BrokenChain);
+        }
         check_range(mem, &status)?;
         let data_len = segments
             .iter()

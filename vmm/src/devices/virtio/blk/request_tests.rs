@@ -112,7 +112,7 @@ fn sectors_checked_against_disk() {
 }
 
 #[test]
-fn addresses_outside_memory_and_huge_lengths() {
+fn case_03_addresses_outside_memory_and_huge_lengths() {
     let m = mem();
     header(&m, VIRTIO_BLK_T_IN, 0);
     let e = parse(
@@ -148,10 +148,66 @@ fn addresses_outside_memory_and_huge_lengths() {
         &[desc(HDR, 16, F_NEXT, 1), desc(1 << 40, 1, F_WRITE, 0)],
     );
     assert!(matches!(e, Err(RequestError::OutOfMemory { .. })));
+    // Data straddling the end of memory, addr + len past 2^64, addr = 2^64 - 1.
+    for (addr, len) in [
+        ((16 << 20) - 256, 512),
+        (u64::MAX - 255, 512),
+        (u64::MAX, 512),
+        (u64::MAX, 1),
+    ] {
+        let e = parse(
+            &m,
+            &[
+                desc(HDR, 16, F_NEXT, 1),
+                desc(addr, len, F_NEXT | F_WRITE, 2),
+                desc(STATUS, 1, F_WRITE, 0),
+            ],
+        );
+        assert!(
+            matches!(e, Err(RequestError::OutOfMemory { .. })),
+            "{addr:#x}+{len:#x}: {e:?}"
+        );
+    }
+    // Two regions with a hole between them (as the MMIO gap): a buffer running from the
+    // end of the first into the hole, one inside the hole, and one spanning both regions.
+    let m = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[
+        (GuestAddress(0), 16 << 20),
+        (GuestAddress(32 << 20), 1 << 20),
+    ])
+    .unwrap();
+    header(&m, VIRTIO_BLK_T_IN, 0);
+    for (addr, len) in [
+        ((16 << 20) - 512, 1024),
+        (20 << 20, 512),
+        ((16 << 20) - 512, (16 << 20) + 1024),
+    ] {
+        let e = parse(
+            &m,
+            &[
+                desc(HDR, 16, F_NEXT, 1),
+                desc(addr, len, F_NEXT | F_WRITE, 2),
+                desc(STATUS, 1, F_WRITE, 0),
+            ],
+        );
+        assert!(
+            matches!(e, Err(RequestError::OutOfMemory { .. })),
+            "{addr:#x}+{len:#x}: {e:?}"
+        );
+    }
+    // The same buffer wholly inside the second region is fine.
+    assert!(parse(
+        &m,
+        &[
+            desc(HDR, 16, F_NEXT, 1),
+            desc(32 << 20, 512, F_NEXT | F_WRITE, 2),
+            desc(STATUS, 1, F_WRITE, 0),
+        ],
+    )
+    .is_ok());
 }
 
 #[test]
-fn loops_and_bad_next_terminate() {
+fn case_01_loops_and_bad_next_terminate() {
     let m = mem();
     header(&m, VIRTIO_BLK_T_IN, 0);
     // 0 -> 1 -> 0 -> ... : the chain iterator stops after queue-size descriptors, and the
@@ -184,15 +240,127 @@ fn loops_and_bad_next_terminate() {
         Request::parse(chain, &m, 100, 16),
         Err(RequestError::BadStatus)
     );
+    // A descriptor pointing at itself, and a full table of NEXT ending in a writable
+    // descriptor that would pass for a status: the chain stops after at most the queue
+    // size, and a chain that stopped early is refused.
+    for table in [
+        vec![desc(HDR, 16, F_NEXT, 0)],
+        (0..16u16)
+            .map(|i| match i {
+                0 => desc(HDR, 16, F_NEXT, 1),
+                _ => desc(STATUS, 1, F_NEXT | F_WRITE, (i + 1) % 16),
+            })
+            .collect(),
+    ] {
+        let m = mem();
+        header(&m, VIRTIO_BLK_T_IN, 0);
+        let vq = virtio_queue::mock::MockSplitQueue::create(&m, GuestAddress(0), 16);
+        for (i, d) in table.iter().enumerate() {
+            vq.desc_table().store(i as u16, *d).unwrap();
+        }
+        vq.avail().ring().ref_at(0).unwrap().store(0);
+        vq.avail().idx().store(1);
+        let mut q: virtio_queue::Queue = vq.create_queue().unwrap();
+        let chain = q.pop_descriptor_chain(&m).unwrap();
+        assert!(chain.clone().count() <= 16);
+        assert!(Request::parse(chain, &m, 100, 16).is_err());
+    }
 }
 
 #[test]
-fn indirect_table_with_bad_length_refused() {
+fn case_02_next_beyond_the_table_ends_the_chain() {
+    let m = mem();
+    header(&m, VIRTIO_BLK_T_IN, 0);
+    // Data descriptor whose next is the queue size: the chain stops there (the table entry
+    // past the end, a plausible status, is never read), and the request is refused.
+    let (vq, mut q) = queue_with(
+        &m,
+        16,
+        &[
+            desc(HDR, 16, F_NEXT, 1),
+            desc(DATA, 512, F_NEXT | F_WRITE, 16),
+        ],
+    );
+    let _ = vq;
+    let chain = q.pop_descriptor_chain(&m).unwrap();
+    assert_eq!(chain.clone().count(), 2);
+    assert_eq!(
+        Request::parse(chain, &m, 100, 16),
+        Err(RequestError::BrokenChain)
+    );
+}
+
+#[test]
+fn case_04_chains_past_4_gib_are_refused() {
+    // 5 GiB of guest memory (reserved, never touched) so the descriptors lie in it.
+    let Ok(m) = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 5 << 30)]) else {
+        eprintln!("skipped: cannot map 5 GiB of guest memory here");
+        return;
+    };
+    header(&m, VIRTIO_BLK_T_IN, 0);
+    let g = 1u64 << 30;
+    let e = parse(
+        &m,
+        &[
+            desc(HDR, 16, F_NEXT, 1),
+            desc(g, 0x8000_0000, F_NEXT | F_WRITE, 2),
+            desc(3 * g, 0x8000_0000, F_NEXT | F_WRITE, 3),
+            desc(STATUS, 1, F_WRITE, 0),
+        ],
+    );
+    assert_eq!(e, Err(RequestError::BrokenChain));
+    // Under 4 GiB in all but far beyond the disk: refused before any I/O.
+    let e = parse(
+        &m,
+        &[
+            desc(HDR, 16, F_NEXT, 1),
+            desc(g, 0xffff_fe00, F_NEXT | F_WRITE, 2),
+            desc(STATUS, 1, F_WRITE, 0),
+        ],
+    );
+    assert!(matches!(e, Err(RequestError::OutOfDisk { .. })), "{e:?}");
+}
+
+#[test]
+fn case_05_bad_indirect_tables_refused() {
     let m = mem();
     header(&m, VIRTIO_BLK_T_IN, 0);
     // An indirect descriptor whose table length is not a multiple of 16 ends the chain.
     let r = parse(&m, &[desc(0x3000, 17, F_INDIRECT, 0)]);
     assert!(r.is_err());
+    // A good indirect table (header, data, status) works, for reference.
+    let table = 0x3000u64;
+    let put = |i: u64, d: virtio_queue::desc::RawDescriptor| {
+        m.write_obj(d, GuestAddress(table + 16 * i)).unwrap();
+    };
+    put(0, desc(HDR, 16, F_NEXT, 1));
+    put(1, desc(DATA, 512, F_NEXT | F_WRITE, 2));
+    put(2, desc(STATUS, 1, F_WRITE, 0));
+    assert!(parse(&m, &[desc(table, 48, F_INDIRECT, 0)]).is_ok());
+    // An indirect descriptor inside the indirect table.
+    put(1, desc(0x4000, 48, F_INDIRECT, 0));
+    assert!(parse(&m, &[desc(table, 48, F_INDIRECT, 0)]).is_err());
+    put(1, desc(DATA, 512, F_NEXT | F_WRITE, 2));
+    // More than 65535 entries.
+    assert!(parse(&m, &[desc(table, 16 * 65536, F_INDIRECT, 0)]).is_err());
+    // A table outside guest memory, and one straddling its end.
+    assert!(parse(&m, &[desc(1 << 40, 48, F_INDIRECT, 0)]).is_err());
+    assert!(parse(&m, &[desc((16 << 20) - 32, 48, F_INDIRECT, 0)]).is_err());
+    // A table whose entries point past it.
+    put(1, desc(DATA, 512, F_NEXT | F_WRITE, 9));
+    assert!(parse(&m, &[desc(table, 48, F_INDIRECT, 0)]).is_err());
+    put(1, desc(DATA, 512, F_NEXT | F_WRITE, 2));
+    // INDIRECT together with NEXT: the table is followed and the NEXT ignored, as
+    // virtio-queue does; the request is the table's.
+    let r = parse(
+        &m,
+        &[
+            desc(table, 48, F_INDIRECT | F_NEXT, 1),
+            desc(0x5000, 1, 0, 0),
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.status, GuestAddress(STATUS));
 }
 
 #[test]
