@@ -11,7 +11,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -316,4 +316,234 @@ fn case_41_control_plane_bombs() {
         3 * EACH,
         proc_status(pid, "VmRSS")
     );
+}
+
+/// What a finished container left: exit status, stdout, stderr.
+struct Ran {
+    status: u32,
+    out: String,
+    err: String,
+}
+
+/// Creates, starts and waits for container `id`, then removes it.
+fn run(c: &AgentClient, id: &str, spec: &[u8]) -> Result<Ran, String> {
+    c.create_container(ctx(), &creq_out(id, spec))
+        .map_err(|e| e.to_string())?;
+    c.start_container(ctx(), &container_req(id)).unwrap();
+    let out = String::from_utf8_lossy(&read_all(c, id, "", OutputStream::STDOUT)).into_owned();
+    let err = String::from_utf8_lossy(&read_all(c, id, "", OutputStream::STDERR)).into_owned();
+    let status = c.wait_process(ctx(), &proc_req(id, "")).unwrap().status;
+    c.remove_container(ctx(), &container_req(id)).unwrap();
+    Ok(Ran { status, out, err })
+}
+
+/// A spec edited by `f` (over the JSON of [`spec`]).
+fn spec_with(root: &Path, args: &[&str], f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&spec(root, args)).unwrap();
+    f(&mut v);
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// Host mount count, and what the agent keeps per container (state dirs, bundles,
+/// cgroups): all must be back to their baseline after a failed or removed container.
+fn leftovers(srv: &Server) -> (usize, Vec<String>) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
+    let mut names = Vec::new();
+    for d in [
+        srv.dir.join("root/state"),
+        srv.dir.join("root/bundles"),
+        PathBuf::from("/sys/fs/cgroup/husk"),
+    ] {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                names.push(e.path().display().to_string());
+            }
+        }
+    }
+    (mounts, names)
+}
+
+use husk_protocol::agent_ttrpc::AgentClient;
+
+/// Catalogue case 22 (agent part): hostile config.json at CreateContainer. Missing root or
+/// process, absurd mounts, 1 MB of environment, invalid uid/gid, cwd=/proc/self/fd/N and
+/// odd rlimits: each a clean error (at create, or for what only exec can tell, a failed
+/// start with the reason), never a panic; no mount, state dir, bundle or cgroup is left.
+#[test]
+fn case_22_hostile_oci_config() {
+    let Some(bb) = can_run_containers() else {
+        return;
+    };
+    let (mut srv, c) = start_server("c22");
+    let root = rootfs(&srv.dir, &bb);
+    let base = leftovers(&srv);
+    let refused: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "noroot",
+            spec_with(&root, &["true"], |s| {
+                s.as_object_mut().unwrap().remove("root");
+            }),
+        ),
+        (
+            "noproc",
+            spec_with(&root, &["true"], |s| {
+                s.as_object_mut().unwrap().remove("process");
+            }),
+        ),
+        (
+            "relroot",
+            spec_with(&root, &["true"], |s| s["root"]["path"] = "rootfs".into()),
+        ),
+        (
+            "fstype",
+            spec_with(&root, &["true"], |s| {
+                s["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+                {"destination": "/x", "type": "nosuchfs", "source": "none"}))
+            }),
+        ),
+        (
+            "bindsrc",
+            spec_with(&root, &["true"], |s| {
+                s["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+                {"destination": "/x", "type": "bind", "source": "/no/such/dir", "options": ["rbind"]}))
+            }),
+        ),
+        (
+            "reldest",
+            spec_with(&root, &["true"], |s| {
+                s["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+                {"destination": "../../../x", "type": "tmpfs", "source": "tmpfs"}))
+            }),
+        ),
+        (
+            "mountopt",
+            spec_with(&root, &["true"], |s| {
+                s["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+                {"destination": "/x", "type": "tmpfs", "source": "tmpfs", "options": ["size=-1x"]}))
+            }),
+        ),
+        (
+            "uidmax",
+            spec_with(&root, &["true"], |s| {
+                s["process"]["user"]["uid"] = u32::MAX.into()
+            }),
+        ),
+        (
+            "gidmax",
+            spec_with(&root, &["true"], |s| {
+                s["process"]["user"]["gid"] = u32::MAX.into()
+            }),
+        ),
+        (
+            "uidneg",
+            spec_with(&root, &["true"], |s| {
+                s["process"]["user"]["uid"] = (-1).into()
+            }),
+        ),
+        (
+            "groupmax",
+            spec_with(&root, &["true"], |s| {
+                s["process"]["user"]["additionalGids"] = serde_json::json!([u32::MAX])
+            }),
+        ),
+        (
+            "rlsoft",
+            spec_with(
+                &root,
+                &["true"],
+                |s| {
+                    s["process"]["rlimits"] =
+                        serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 100, "hard": 10}])
+                },
+            ),
+        ),
+        (
+            "rlhuge",
+            spec_with(
+                &root,
+                &["true"],
+                |s| s["process"]["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 1u64 << 40, "hard": 1u64 << 40}]),
+            ),
+        ),
+        (
+            "rltype",
+            spec_with(
+                &root,
+                &["true"],
+                |s| {
+                    s["process"]["rlimits"] =
+                        serde_json::json!([{"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}])
+                },
+            ),
+        ),
+        (
+            "envnul",
+            spec_with(&root, &["true"], |s| {
+                s["process"]["env"] = serde_json::json!(["A=b\u{0}c"])
+            }),
+        ),
+    ];
+    for (id, sp) in &refused {
+        let r = c.create_container(ctx(), &creq_out(id, sp));
+        let e = r.expect_err(id).to_string();
+        assert!(!e.contains("panick"), "{id}: {e}");
+        assert_eq!(leftovers(&srv), base, "{id} left something: {e}");
+        eprintln!("case 22: {id}: {e:.160}");
+    }
+
+    // What only exec can tell: the process never runs, the reason is on its stderr.
+    let big_var = format!("BIG={}", "x".repeat(1 << 20));
+    let failing_start: Vec<(&str, Vec<u8>)> = vec![(
+        "env1m",
+        spec_with(&root, &["echo", "ran"], |s| {
+            s["process"]["env"] = serde_json::json!(["PATH=/bin", big_var])
+        }),
+    )];
+    let mut cwd_cases = Vec::new();
+    for n in 3..10 {
+        cwd_cases.push((
+            format!("cwdfd{n}"),
+            spec_with(&root, &["sh", "-c", "echo ran; pwd"], |s| {
+                s["process"]["cwd"] = format!("/proc/self/fd/{n}").into()
+            }),
+        ));
+    }
+    for (id, sp) in failing_start
+        .iter()
+        .map(|(i, s)| (i.to_string(), s.clone()))
+        .chain(cwd_cases)
+    {
+        match run(&c, &id, &sp) {
+            Err(e) => eprintln!("case 22: {id}: refused at create: {e:.160}"),
+            Ok(r) => {
+                assert!(
+                    r.status != 0 && !r.out.contains("ran"),
+                    "{id}: ran (status {}): {} {}",
+                    r.status,
+                    r.out,
+                    r.err
+                );
+                eprintln!("case 22: {id}: status {}: {:.160}", r.status, r.err.trim());
+            }
+        }
+        assert_eq!(leftovers(&srv), base, "{id} left something");
+    }
+
+    // Large but legal: 1 MB of environment in 16,384 variables runs and sees them all.
+    let many: Vec<String> = (0..16384)
+        .map(|i| format!("V{i:05}={}", "v".repeat(56)))
+        .collect();
+    let sp = spec_with(&root, &["sh", "-c", "env | grep -c ^V"], |s| {
+        let mut env = vec![serde_json::Value::from("PATH=/bin")];
+        env.extend(many.iter().map(|v| serde_json::Value::from(v.as_str())));
+        s["process"]["env"] = env.into();
+    });
+    let r = run(&c, "env16k", &sp).unwrap();
+    assert_eq!((r.status, r.out.trim()), (0, "16384"), "{}", r.err);
+    assert_eq!(leftovers(&srv), base);
+    assert_alive(&mut srv);
+    assert!(answers_check(&srv, Duration::from_secs(5)));
 }

@@ -98,6 +98,22 @@ pub fn validate(spec: &Spec) -> Result<(), SpecError> {
             process.cwd().display()
         )));
     }
+    // (uid_t)-1 is the kernel's "leave unchanged": setresuid(-1, -1, -1) would keep the
+    // container's process root.
+    let user = process.user();
+    let ids = [("uid", user.uid()), ("gid", user.gid())]
+        .into_iter()
+        .chain(
+            user.additional_gids()
+                .iter()
+                .flatten()
+                .map(|g| ("additionalGids", *g)),
+        );
+    for (what, id) in ids {
+        if id == u32::MAX {
+            return Err(invalid(format!("process.user.{what} {id} is not an id")));
+        }
+    }
     for e in process.env().iter().flatten() {
         if !e.contains('=') || e.starts_with('=') || e.contains('\0') {
             return Err(invalid(format!("process.env entry {e:?}")));
@@ -187,6 +203,9 @@ mod tests {
             (r#""PATH=/bin""#, r#""=x""#),
             (r#"{"type":"pid"}"#, r#"{"type":"user"}"#),
             (r#""1.0.2""#, r#""0.9""#),
+            (r#""uid":0"#, r#""uid":4294967295"#),
+            (r#""gid":0"#, r#""gid":4294967295"#),
+            (r#""gid":0"#, r#""gid":0,"additionalGids":[4294967295]"#),
         ];
         for (from, to) in cases {
             let bad = GOOD.replacen(from, to, 1);
