@@ -1,6 +1,6 @@
 use super::super::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use super::*;
-use crate::devices::virtio::mmio::{DeviceState, STATUS_NEEDS_RESET};
+use crate::devices::virtio::mmio::{DeviceState, MmioTransport, STATUS_NEEDS_RESET};
 use crate::devices::virtio::test_utils::{
     allocated_during, at_least, bring_up, capture_logs, desc, kick, mem, mmio_read, mmio_write,
     queue_with, transport, used, RingSetup, F_NEXT, F_WRITE,
@@ -100,7 +100,7 @@ fn write_then_read_round_trip() {
 }
 
 #[test]
-fn read_only_enforced_even_if_guest_ignores_the_feature() {
+fn case_10_read_only_enforced_even_if_guest_ignores_the_feature() {
     let p = image("ro", &vec![5u8; 4096]);
     let mut b = block(&p, true);
     assert_ne!(b.features() & VIRTIO_BLK_F_RO, 0);
@@ -272,7 +272,7 @@ fn case_06_avail_idx_runaway_breaks_the_queue_until_reset() {
 }
 
 /// A read-write block device over an image of `sectors` zero sectors, activated on a
-/// 16-entry queue at 0x8000.
+/// 64-entry queue at 0x8000 (virtio-queue's mock driver does not wrap its avail ring).
 fn active_block<'m>(
     name: &str,
     sectors: u64,
@@ -286,7 +286,7 @@ fn active_block<'m>(
         .set_len(sectors * 512)
         .unwrap();
     let mut b = block(&p, false);
-    let vq = MockSplitQueue::create(m, GuestAddress(0x8000), 16);
+    let vq = MockSplitQueue::create(m, GuestAddress(0x8000), 64);
     b.activate(
         Activation {
             mem: m.clone(),
@@ -342,13 +342,10 @@ fn case_01_descriptor_loops_complete_with_ioerr() {
 fn case_02_head_index_beyond_the_queue_is_dropped() {
     let m = mem();
     let (mut b, vq, p) = active_block("head", 16, &m);
-    // The table entry just past the 16-entry table (never to be read) looks like a good
-    // status descriptor.
     vq.desc_table().store(0, desc(HDR, 16, F_NEXT, 1)).unwrap();
-    m.write_obj(desc(0x3000, 1, F_WRITE, 0), GuestAddress(0x8000 + 16 * 16))
-        .unwrap();
-    m.write_obj(0xeeu8, GuestAddress(0x3000)).unwrap();
-    vq.avail().ring().ref_at(0).unwrap().store(16);
+    m.write_obj(0xeeu8, GuestAddress(STATUS)).unwrap();
+    // Heads 64 (the queue size) and 65535: no descriptor is read for them.
+    vq.avail().ring().ref_at(0).unwrap().store(64);
     vq.avail().ring().ref_at(1).unwrap().store(u16::MAX);
     vq.avail().idx().store(2);
     for _ in 0..2 {
@@ -356,7 +353,7 @@ fn case_02_head_index_beyond_the_queue_is_dropped() {
     }
     // Nothing can be given back for an index that is not in the table.
     assert!(used(&vq).is_empty());
-    assert_eq!(m.read_obj::<u8>(GuestAddress(0x3000)).unwrap(), 0xee);
+    assert_eq!(status_byte(&m), 0xee);
     // The queue goes on: a good request after them completes.
     publish(&vq, &m, VIRTIO_BLK_T_OUT, 0, &[(DATA, 512, false)], 0);
     vq.avail().ring().ref_at(2).unwrap().store(0);
@@ -426,5 +423,198 @@ fn case_04_huge_lengths_are_refused_without_allocating() {
     assert_eq!(std::fs::metadata(&p).unwrap().len(), 1 << 33);
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&p).unwrap().blocks(), 0);
+    std::fs::remove_file(&p).unwrap();
+}
+
+/// Length, bytes and modification time of a file: what must not change on a read-only disk.
+fn fingerprint(p: &Path) -> (u64, Vec<u8>, std::time::SystemTime) {
+    let md = std::fs::metadata(p).unwrap();
+    (md.len(), std::fs::read(p).unwrap(), md.modified().unwrap())
+}
+
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
+
+/// A discard/write-zeroes segment (`struct virtio_blk_discard_write_zeroes`) at DATA.
+fn dwz_segment(m: &GuestMemory, sector: u64, num_sectors: u32) {
+    m.write_obj(sector, GuestAddress(DATA)).unwrap();
+    m.write_obj(num_sectors, GuestAddress(DATA + 8)).unwrap();
+    m.write_obj(0u32, GuestAddress(DATA + 12)).unwrap();
+}
+
+#[test]
+fn case_10_read_only_disk_through_a_driver_that_never_accepts_ro() {
+    let p = image(
+        "ro-mmio",
+        &(0..8192u32).map(|i| i as u8).collect::<Vec<_>>(),
+    );
+    let before = fingerprint(&p);
+    let m = mem();
+    let mut t = transport(block(&p, true), &m);
+    let vq = MockSplitQueue::create(&m, GuestAddress(0x8000), 64);
+    // bring_up accepts VERSION_1 only: the driver never saw VIRTIO_BLK_F_RO.
+    assert_eq!(
+        bring_up(&mut t, &[RingSetup::of(&vq, 64)]),
+        DeviceState::Active
+    );
+    m.write_slice(&[0xee; 1024], GuestAddress(DATA)).unwrap();
+    let mut next = 0u16;
+    let mut send =
+        |t: &mut MmioTransport<Block>, ty: u32, sector: u64, data: &[(u64, u32, bool)]| {
+            publish(&vq, &m, ty, sector, data, next);
+            next += data.len() as u16 + 2;
+            kick(t, 0);
+            status_byte(&m)
+        };
+    assert_eq!(
+        send(&mut t, VIRTIO_BLK_T_OUT, 0, &[(DATA, 1024, false)]),
+        VIRTIO_BLK_S_IOERR
+    );
+    assert_eq!(
+        send(&mut t, VIRTIO_BLK_T_OUT, 15, &[(DATA, 512, false)]),
+        VIRTIO_BLK_S_IOERR
+    );
+    dwz_segment(&m, 0, 16);
+    assert_ne!(
+        send(&mut t, T_DISCARD, 0, &[(DATA, 16, false)]),
+        VIRTIO_BLK_S_OK
+    );
+    assert_ne!(
+        send(&mut t, T_WRITE_ZEROES, 0, &[(DATA, 16, false)]),
+        VIRTIO_BLK_S_OK
+    );
+    // A flush has nothing to write back: OK, and still no change.
+    assert_eq!(
+        send(&mut t, super::super::VIRTIO_BLK_T_FLUSH, 0, &[]),
+        VIRTIO_BLK_S_OK
+    );
+    assert_eq!(vq.used().idx().load(), 5);
+    assert_eq!(fingerprint(&p), before);
+    // Reads still work.
+    assert_eq!(
+        send(&mut t, VIRTIO_BLK_T_IN, 1, &[(DATA, 512, true)]),
+        VIRTIO_BLK_S_OK
+    );
+    let mut got = vec![0u8; 512];
+    m.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(&got[..], &before.1[512..1024]);
+    std::fs::remove_file(&p).unwrap();
+}
+
+#[test]
+fn case_11_range_arithmetic_and_request_shape() {
+    let m = mem();
+    let (mut b, vq, p) = active_block("ranges", 16, &m);
+    let len0 = std::fs::metadata(&p).unwrap().len();
+    m.write_slice(&[0x77; 1024], GuestAddress(DATA)).unwrap();
+    let run1 = |b: &mut Block, ty: u32, sector: u64, data: &[(u64, u32, bool)]| {
+        publish(&vq, &m, ty, sector, data, 0);
+        b.process_queue();
+        status_byte(&m)
+    };
+    for (ty, sector, len) in [
+        // sector * 512 overflows u64.
+        (VIRTIO_BLK_T_OUT, u64::MAX / 512 + 1, 512u32),
+        (VIRTIO_BLK_T_IN, u64::MAX / 512 + 1, 512),
+        (VIRTIO_BLK_T_OUT, u64::MAX, 512),
+        // sector + length overflows, and just past the end.
+        (VIRTIO_BLK_T_OUT, u64::MAX - 1, 1024),
+        (VIRTIO_BLK_T_OUT, 15, 1024),
+        (VIRTIO_BLK_T_IN, 16, 512),
+        // Not whole sectors.
+        (VIRTIO_BLK_T_OUT, 0, 513),
+    ] {
+        let w = ty == VIRTIO_BLK_T_IN;
+        assert_eq!(
+            run1(&mut b, ty, sector, &[(DATA, len, w)]),
+            VIRTIO_BLK_S_IOERR,
+            "type {ty} sector {sector} len {len}"
+        );
+    }
+    // Discard and write-zeroes (not offered) with overflowing segments, and unknown types.
+    for (ty, sector, n) in [
+        (T_DISCARD, u64::MAX, u32::MAX),
+        (T_WRITE_ZEROES, u64::MAX - 3, 8),
+        (T_WRITE_ZEROES, 1 << 40, 1),
+        (T_DISCARD, 0, 16),
+    ] {
+        dwz_segment(&m, sector, n);
+        assert_eq!(
+            run1(&mut b, ty, 0, &[(DATA, 16, false)]),
+            VIRTIO_BLK_S_UNSUPP
+        );
+    }
+    for ty in [2, 3, 5, 9, 0x7fff_ffff, u32::MAX] {
+        assert_eq!(run1(&mut b, ty, 0, &[]), VIRTIO_BLK_S_UNSUPP, "type {ty}");
+    }
+    // No status descriptor, a read-only one, an empty one: completed with length 0 and
+    // nothing done.
+    m.write_obj(VIRTIO_BLK_T_OUT, GuestAddress(HDR)).unwrap();
+    m.write_obj(0u64, GuestAddress(HDR + 8)).unwrap();
+    let heads = vq.used().idx().load();
+    vq.add_desc_chains(
+        &[
+            desc(HDR, 16, F_NEXT, 1),
+            desc(DATA, 512, 0, 0),
+            desc(HDR, 16, F_NEXT, 3),
+            desc(DATA, 512, F_NEXT, 4),
+            desc(STATUS, 1, 0, 0),
+            desc(HDR, 16, F_NEXT, 6),
+            desc(DATA, 512, F_NEXT, 7),
+            desc(STATUS, 0, F_WRITE, 0),
+        ],
+        0,
+    )
+    .unwrap();
+    assert_eq!(b.process_queue(), 3);
+    let u = used(&vq);
+    assert_eq!(&u[usize::from(heads)..], &[(0, 0), (2, 0), (5, 0)]);
+    // The file is where it was: never written, never extended.
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), len0);
+    assert_eq!(file_bytes(&p), vec![0u8; len0 as usize]);
+    std::fs::remove_file(&p).unwrap();
+}
+
+#[test]
+fn case_12_a_qcow2_header_written_by_the_guest_is_data_on_a_raw_disk() {
+    let p = image("format", &vec![0u8; 64 * 512]);
+    let m = mem();
+    // A qcow2 v3 header naming a backing file, as a guest would plant it.
+    let mut hdr = vec![0u8; 512];
+    hdr[..4].copy_from_slice(&[b'Q', b'F', b'I', 0xfb]);
+    hdr[4..8].copy_from_slice(&3u32.to_be_bytes());
+    hdr[8..16].copy_from_slice(&104u64.to_be_bytes());
+    hdr[16..20].copy_from_slice(&10u32.to_be_bytes());
+    hdr[24..32].copy_from_slice(&(1u64 << 40).to_be_bytes());
+    hdr[104..114].copy_from_slice(b"/etc/shado");
+    m.write_slice(&hdr, GuestAddress(DATA)).unwrap();
+    let mut b = block(&p, false);
+    let (s, _) = run(&mut b, &m, VIRTIO_BLK_T_OUT, 0, &[(DATA, 512, false)]);
+    assert_eq!(s, VIRTIO_BLK_S_OK);
+    drop(b);
+    // The VM restarts: the same config builds the device again.
+    let mut b = block(&p, false);
+    assert_eq!(
+        b.capacity(),
+        64,
+        "the size is the raw file's, not the header's"
+    );
+    let mut cap = [0u8; 8];
+    b.read_config(0, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 64);
+    let (s, _) = run(
+        &mut b,
+        &m,
+        VIRTIO_BLK_T_IN,
+        0,
+        &[(DATA + 0x1000, 512, true)],
+    );
+    assert_eq!(s, VIRTIO_BLK_S_OK);
+    let mut back = vec![0u8; 512];
+    m.read_slice(&mut back, GuestAddress(DATA + 0x1000))
+        .unwrap();
+    assert_eq!(back, hdr);
+    // The format is configuration only: a config naming another format is refused.
+    assert!(DriveConfig::parse(&format!("path={},format=qcow2", p.display())).is_err());
     std::fs::remove_file(&p).unwrap();
 }
