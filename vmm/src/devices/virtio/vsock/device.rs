@@ -169,11 +169,18 @@ impl VirtioDevice for Vsock {
         crate::devices::virtio::read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data)
     }
 
-    fn activate(&mut self, a: Activation, _: &mut dyn EventRegistry) -> Result<(), ActivateError> {
+    fn activate(
+        &mut self,
+        a: Activation,
+        reg: &mut dyn EventRegistry,
+    ) -> Result<(), ActivateError> {
         let mut queues = a.queues.into_iter();
         let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
             return Err(ActivateError::InvalidQueue(EVQ));
         };
+        // Connections from before a reset (reset runs on a vCPU thread, with no event
+        // loop at hand to unregister their sockets; activation runs on the event loop).
+        self.muxer.drop_connections(reg);
         self.state = State::Active(Active {
             mem: a.mem,
             rx: GuestQueue::new(rx, "virtio-vsock receive queue"),

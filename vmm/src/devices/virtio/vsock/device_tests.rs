@@ -68,6 +68,34 @@ impl<'a> Harness<'a> {
         }
     }
 
+    /// The driver resets the device and initializes it again with rings at `base`.
+    fn reinit(&mut self, base: u64) {
+        self.dev.reset(&mut self.reg);
+        self.pump();
+        self.rxq = MockSplitQueue::create(self.m, GuestAddress(base), 64);
+        self.txq = MockSplitQueue::create(self.m, GuestAddress(base + 0x8000), 64);
+        let evq = MockSplitQueue::create(self.m, GuestAddress(base + 0x10000), 64);
+        self.dev
+            .activate(
+                Activation {
+                    mem: self.m.clone(),
+                    queues: vec![
+                        self.rxq.create_queue().unwrap(),
+                        self.txq.create_queue().unwrap(),
+                        evq.create_queue().unwrap(),
+                    ],
+                    interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+                    queue_evts: Vec::new(),
+                    acked_features: 0,
+                },
+                &mut self.reg,
+            )
+            .unwrap();
+        self.rx_next = 0;
+        self.tx_next = 0;
+        self.rx_seen = 0;
+    }
+
     /// Offers one 4 KiB RX buffer (header and payload in one descriptor, as Linux does).
     fn give_rx(&mut self) {
         let addr = RX_BUFS + u64::from(self.rx_next) * 0x1000;
@@ -308,5 +336,79 @@ fn tiny_rx_buffers_are_consumed_not_spun_on() {
         .unwrap();
     h.send(guest_hdr(OP_RW, 1, 2, 0), &[]);
     assert_eq!(used(&h.rxq), vec![(0, 0)]);
+    let _ = std::fs::remove_file(p);
+}
+
+/// A host-initiated connection to guest port 1024, accepted by the guest; returns the host
+/// stream (its OK line read) and the host port.
+fn connect_from_host(h: &mut Harness<'_>, p: &std::path::Path) -> (UnixStream, u32) {
+    let mut host = UnixStream::connect(p).unwrap();
+    host.write_all(b"CONNECT 1024\n").unwrap();
+    h.dev
+        .process_event(TOKEN_LISTENER, EventSet::IN, &mut h.reg);
+    h.pump();
+    let pkts = h.take_rx();
+    let req = pkts.iter().find(|(h, _)| h.op == OP_REQUEST).unwrap().0;
+    let host_port = req.src_port;
+    h.send(guest_hdr(OP_RESPONSE, 1024, host_port, 0), &[]);
+    let mut line = [0u8; 32];
+    let n = host.read(&mut line).unwrap();
+    assert_eq!(&line[..n], format!("OK {host_port}\n").as_bytes());
+    (host, host_port)
+}
+
+#[test]
+fn case_09_reset_closes_connections_and_fills_no_old_ring() {
+    let m = mem();
+    let p = sock_path("reset");
+    let port_path = PathBuf::from(format!("{}_5000", p.display()));
+    let _ = std::fs::remove_file(&port_path);
+    let listener = UnixListener::bind(&port_path).unwrap();
+    let mut h = Harness::new(&m, &p);
+    for _ in 0..8 {
+        h.give_rx();
+    }
+    let (mut host, _) = connect_from_host(&mut h, &p);
+    h.send(guest_hdr(OP_REQUEST, 777, 5000, 0), &[]);
+    let (mut served, _) = listener.accept().unwrap();
+    assert_eq!(h.dev.muxer().connection_count(), 2);
+    let old_used = h.rxq.used().idx().load();
+    let old_rxq_addr = h.rxq.used_addr();
+
+    // Host data in flight when the driver resets, and more after.
+    host.write_all(b"in flight").unwrap();
+    served.write_all(b"also in flight").unwrap();
+    h.dev.reset(&mut h.reg);
+    host.write_all(b"after the reset").unwrap();
+    h.pump();
+    h.reinit(0x40_0000);
+    for _ in 0..8 {
+        h.give_rx();
+    }
+    h.pump();
+    // The old ring got nothing after the reset, the new one nothing of the old connections.
+    let old_idx: u16 = m.read_obj(GuestAddress(old_rxq_addr.0 + 2)).unwrap();
+    assert_eq!(old_idx, old_used);
+    assert!(h.take_rx().is_empty());
+    assert_eq!(h.dev.muxer().connection_count(), 0);
+    // Both host peers see the connection end.
+    host.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    served
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    // (EOF, or a reset where the vmm closed its end with the peer's bytes unread.)
+    for s in [&mut host, &mut served] {
+        let mut b = [0u8; 64];
+        match s.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("the connection is still open: {other:?}"),
+        }
+    }
+    // The device works on its new rings.
+    let (_host2, _) = connect_from_host(&mut h, &p);
+    assert_eq!(h.dev.muxer().connection_count(), 1);
+    let _ = std::fs::remove_file(port_path);
     let _ = std::fs::remove_file(p);
 }

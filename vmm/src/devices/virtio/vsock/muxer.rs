@@ -222,6 +222,21 @@ impl Muxer {
         self.rx_set.remove(&key);
     }
 
+    /// Closes every connection and forgets every packet owed to the guest: a driver that
+    /// reset the device has forgotten its connections, so their host peers get EOF
+    /// instead of waiting on a guest that will never answer, and nothing of theirs is put
+    /// into the rings of the next initialization. Host connections still sending their
+    /// CONNECT line are kept.
+    pub fn drop_connections(&mut self, reg: &mut dyn EventRegistry) {
+        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.remove_conn(key, reg);
+        }
+        self.rx_ready.clear();
+        self.rx_set.clear();
+        self.rsts.clear();
+    }
+
     /// A packet from the guest (already validated against the guest CID and lengths).
     pub fn from_guest(&mut self, h: &Header, payload: &[u8], reg: &mut dyn EventRegistry) {
         let key = (h.dst_port, h.src_port);
@@ -238,7 +253,7 @@ impl Muxer {
                 return;
             }
             let target = format!("{}_{}", self.path.display(), h.dst_port);
-            match UnixStream::connect(&target).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
+            match connect_nonblocking(Path::new(&target)) {
                 Ok(stream) => {
                     let conn = Connection::guest_initiated(stream, h, self.guest_cid);
                     self.add_conn(conn, reg);
@@ -422,6 +437,55 @@ pub fn parse_connect(line: &[u8]) -> Option<u32> {
     let s = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
     let port = s.strip_prefix("CONNECT ")?;
     port.trim().parse().ok()
+}
+
+/// Connects to the host service at `path` without blocking. A blocking connect(2) to a
+/// listener whose backlog is full waits until it accepts, and it ran on the event loop: a
+/// guest that opened connections to a slow host service stopped every device and the
+/// vmm's own exit. Non-blocking, a full backlog fails at once (EAGAIN) and the guest gets
+/// an RST; a Unix stream connect never returns EINPROGRESS.
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: socket(2) has no memory effects; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket just created and owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a valid sockaddr_un and `len` does not exceed its size.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&raw const addr).cast::<libc::sockaddr>(),
+            len as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(fd))
 }
 
 #[cfg(test)]
