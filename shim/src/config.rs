@@ -134,6 +134,17 @@ pub struct Config {
     /// Most templates kept (each holds some 30 MiB of guest RAM); making one more removes
     /// the least recently used.
     pub max_templates: u32,
+    /// Seconds between health checks of a running pod's agent (its Check call, as Kata
+    /// runtime-rs's health check); 0 turns them off. An agent that crashed, hangs, or
+    /// whose guest is wedged while the vmm lives is found this way.
+    pub health_check_interval_secs: u64,
+    /// How long one health check may take, seconds (a hung agent is a failed check).
+    pub health_check_timeout_secs: u64,
+    /// Failed or timed-out checks in a row after which the shim declares the VM dead: it
+    /// stops the vmm, every process of the pod gets its TaskExit (status 255), and the
+    /// pod is cleaned up as when the vmm dies. A dead agent is noticed within about
+    /// `health_check_failures * (interval + timeout)`.
+    pub health_check_failures: u32,
 }
 
 impl Default for Config {
@@ -158,6 +169,9 @@ impl Default for Config {
             vm_template: true,
             template_dir: "/run/husk/.templates".into(),
             max_templates: 8,
+            health_check_interval_secs: 10,
+            health_check_timeout_secs: 5,
+            health_check_failures: 3,
         }
     }
 }
@@ -210,6 +224,12 @@ impl Config {
         }
         if self.boot_timeout_secs == 0 {
             return Err(invalid("boot_timeout_secs", "must be at least 1"));
+        }
+        if self.health_check_timeout_secs == 0 {
+            return Err(invalid("health_check_timeout_secs", "must be at least 1"));
+        }
+        if self.health_check_failures == 0 {
+            return Err(invalid("health_check_failures", "must be at least 1"));
         }
         if self.max_templates == 0 {
             return Err(invalid(
@@ -271,6 +291,9 @@ mod tests {
             state_dir = "/tmp/husk"
             vm_template = false
             template_dir = "/tmp/husk-templates"
+            health_check_interval_secs = 0
+            health_check_timeout_secs = 2
+            health_check_failures = 5
             "#,
         )
         .unwrap();
@@ -285,6 +308,14 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/tmp/husk"));
         assert!(!c.vm_template);
         assert_eq!(c.template_dir, PathBuf::from("/tmp/husk-templates"));
+        assert_eq!(
+            (
+                c.health_check_interval_secs,
+                c.health_check_timeout_secs,
+                c.health_check_failures
+            ),
+            (0, 2, 5)
+        );
     }
 
     #[test]
@@ -312,6 +343,18 @@ mod tests {
         assert_eq!(e, "/etc/husk/config.toml: default_vcpus must be at least 1");
         let e = parse("kernel = \"vmlinux\"").unwrap_err().to_string();
         assert!(e.contains("kernel must be an absolute path"), "{e}");
+        let e = parse("health_check_failures = 0").unwrap_err().to_string();
+        assert!(
+            e.contains("health_check_failures must be at least 1"),
+            "{e}"
+        );
+        let e = parse("health_check_timeout_secs = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("health_check_timeout_secs must be at least 1"),
+            "{e}"
+        );
         let e = parse("max_templates = 0").unwrap_err().to_string();
         assert!(e.contains("max_templates must be at least 1"), "{e}");
         let e = parse("template_dir = \"t\"").unwrap_err().to_string();

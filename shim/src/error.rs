@@ -42,6 +42,8 @@ pub enum ShimError {
     },
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error(transparent)]
+    PodDir(#[from] crate::poddir::PodDirError),
 }
 
 impl ShimError {
@@ -65,7 +67,7 @@ impl ShimError {
             ShimError::Config(_) => Code::FAILED_PRECONDITION,
             ShimError::Agent(e) => e.code(),
             ShimError::Timeout(_) => Code::DEADLINE_EXCEEDED,
-            ShimError::VmStart(_) | ShimError::Io { .. } => Code::INTERNAL,
+            ShimError::VmStart(_) | ShimError::Io { .. } | ShimError::PodDir(_) => Code::INTERNAL,
         }
     }
 }

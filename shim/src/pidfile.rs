@@ -19,7 +19,8 @@ pub fn start_time(pid: u32) -> Option<u64> {
 /// Writes `<pid> <start time>` to `path`.
 pub fn record(path: &Path, pid: u32) -> std::io::Result<()> {
     let st = start_time(pid).unwrap_or(0);
-    std::fs::write(path, format!("{pid} {st}\n"))
+    crate::poddir::write_fresh(path, format!("{pid} {st}\n").as_bytes())
+        .map_err(std::io::Error::other)
 }
 
 /// Kills the process recorded in `path` with SIGKILL if it is still the same process.

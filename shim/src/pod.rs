@@ -4,6 +4,7 @@
 //! its members with annotations; a container without them (`ctr run`) is a pod of one.
 
 use crate::config::Config;
+use crate::error::ShimError;
 use crate::spec::BundleSpec;
 
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -40,6 +41,24 @@ impl PodRole {
         }
     }
 
+    /// [`PodRole::of`], refused unless the container id and the pod id (the sandbox-id
+    /// annotation, which any containerd client can set) are identifiers as containerd
+    /// makes them: both name directories in `state_dir`, so `..`, `/` or a leading `-`
+    /// must never reach a host path or an argument.
+    pub fn checked(id: &str, spec: &BundleSpec) -> Result<PodRole, ShimError> {
+        if !valid_id(id) {
+            return Err(ShimError::InvalidArgument(format!("container id {id:?}")));
+        }
+        let role = PodRole::of(id, spec);
+        if !valid_id(role.pod_id()) {
+            return Err(ShimError::InvalidArgument(format!(
+                "pod id {:?} (annotation {SANDBOX_ID})",
+                role.pod_id()
+            )));
+        }
+        Ok(role)
+    }
+
     pub fn pod_id(&self) -> &str {
         match self {
             PodRole::Sandbox { pod_id }
@@ -52,6 +71,17 @@ impl PodRole {
     pub fn boots_vm(&self) -> bool {
         !matches!(self, PodRole::Member { .. })
     }
+}
+
+/// An identifier as containerd validates them: 1 to 76 letters, digits, `.`, `_` and `-`,
+/// starting with a letter or digit, with no `..`.
+pub fn valid_id(id: &str) -> bool {
+    (1..=76).contains(&id.len())
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !id.contains("..")
 }
 
 /// The VM's size.
@@ -147,10 +177,20 @@ pub fn pod_dns(spec: &BundleSpec) -> Vec<String> {
     else {
         return Vec::new();
     };
+    use std::os::unix::fs::OpenOptionsExt;
     let mut text = String::new();
-    match std::fs::File::open(&m.source)
-        .and_then(|f| f.take(MAX_RESOLV_CONF).read_to_string(&mut text))
-    {
+    // The source is the client's: a FIFO or a device there must not block the create.
+    let read = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&m.source)
+        .and_then(|f| {
+            if !f.metadata()?.is_file() {
+                return Err(std::io::Error::other("not a regular file"));
+            }
+            f.take(MAX_RESOLV_CONF).read_to_string(&mut text)
+        });
+    match read {
         Ok(_) => nameservers(&text),
         Err(e) => {
             log::warn!("reading {}: {e}", m.source);
@@ -242,6 +282,60 @@ mod tests {
             r#"{"mounts":[{"destination":"/etc/resolv.conf","type":"bind","source":"/nonexistent/r"}]}"#,
         );
         assert!(pod_dns(&missing).is_empty());
+    }
+
+    #[test]
+    fn case_21_a_resolv_conf_source_that_is_a_fifo_does_not_block() {
+        let dir = crate::testutil::TempDir::new("dns");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for src in [fifo.display().to_string(), "/dev/zero".into()] {
+            let s = spec(&format!(
+                r#"{{"mounts":[{{"destination":"/etc/resolv.conf","type":"bind","source":"{src}"}}]}}"#
+            ));
+            assert!(pod_dns(&s).is_empty(), "{src}");
+        }
+    }
+
+    #[test]
+    fn case_21_pod_and_container_ids_that_could_name_other_paths_are_refused() {
+        for bad in [
+            "../../etc",
+            "..",
+            "a/b",
+            "/abs",
+            "-flag",
+            "--config=/tmp/x",
+            "a b",
+            "",
+            "p1\n",
+            &"x".repeat(77),
+        ] {
+            assert!(!valid_id(bad), "{bad:?}");
+            let s = spec(&format!(
+                r#"{{"annotations":{{"io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-id":{}}}}}"#,
+                serde_json::to_string(bad).unwrap()
+            ));
+            if !bad.is_empty() {
+                let e = PodRole::checked("c1", &s).unwrap_err();
+                assert_eq!(
+                    e.code(),
+                    containerd_shim_protos::ttrpc::Code::INVALID_ARGUMENT
+                );
+            }
+            assert!(PodRole::checked(bad, &spec("{}")).is_err(), "{bad:?}");
+        }
+        for good in ["c1", "p1", "a.b_c-d", &"f".repeat(64)] {
+            assert!(valid_id(good), "{good}");
+        }
+        let s = spec(&cri_sandbox("p1"));
+        assert_eq!(PodRole::checked("p1", &s).unwrap().pod_id(), "p1");
+    }
+
+    fn cri_sandbox(id: &str) -> String {
+        format!(
+            r#"{{"annotations":{{"io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-id":"{id}"}}}}"#
+        )
     }
 
     #[test]

@@ -51,6 +51,8 @@ fn mount(pod_dir: &Path, dir: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         r => r?,
     }
+    // Never a symlink the tmpfs would be mounted through.
+    crate::poddir::check_dir(dir).map_err(std::io::Error::other)?;
     if is_mount_point(pod_dir, dir)? {
         return Ok(());
     }

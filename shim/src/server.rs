@@ -198,7 +198,8 @@ pub fn delete_with(flags: &Flags, cfg: &Config) -> Result<DeleteResponse, BootEr
     let share = MountShare::new(HostMounts);
     match BundleSpec::load(&bundle) {
         Ok(mut spec) => {
-            let role = PodRole::of(&flags.id, &spec);
+            // A pod id that is not an identifier names no pod directory of ours.
+            let role = PodRole::checked(&flags.id, &spec)?;
             let pod_dir = cfg.state_dir.join(role.pod_id());
             share.unshare(&pod_dir, &flags.id, &bundle)?;
             if role.boots_vm() {
@@ -206,7 +207,7 @@ pub fn delete_with(flags: &Flags, cfg: &Config) -> Result<DeleteResponse, BootEr
                     pidfile::kill_recorded(&pod_dir.join(f));
                 }
                 share.cleanup_pod(&pod_dir)?;
-                remove_pod_dir(&pod_dir);
+                crate::poddir::remove(&pod_dir);
                 // The tap and redirects of the pod's network namespace (CNI tears down the
                 // namespace later, but until then they would stay).
                 let ns = crate::network::namespaces::rewrite_for_guest(&role, &mut spec);
@@ -227,19 +228,6 @@ pub fn delete_with(flags: &Flags, cfg: &Config) -> Result<DeleteResponse, BootEr
         exited_at: Some(timestamp(SystemTime::now())).into(),
         ..Default::default()
     })
-}
-
-/// Removes the pod directory's files, then the directory if empty. Never recursive: a
-/// directory still there may hold a mount that did not go away.
-fn remove_pod_dir(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| !t.is_dir()) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }
 
 /// The whole binary: parses containerd's flags and runs the action.

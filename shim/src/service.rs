@@ -126,10 +126,32 @@ impl PodState {
     }
 }
 
+/// How the agent's health is checked (see [`Config::health_check_interval_secs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// Between checks; zero turns the checks off.
+    pub interval: std::time::Duration,
+    /// How long one check may take.
+    pub timeout: std::time::Duration,
+    /// Failed or timed-out checks in a row that make the VM dead.
+    pub failures: u32,
+}
+
+impl HealthPolicy {
+    pub fn of(cfg: &Config) -> HealthPolicy {
+        HealthPolicy {
+            interval: Duration::from_secs(cfg.health_check_interval_secs),
+            timeout: Duration::from_secs(cfg.health_check_timeout_secs),
+            failures: cfg.health_check_failures.max(1),
+        }
+    }
+}
+
 /// One pod: the shim's whole state.
 pub struct PodService {
     cfg: Config,
     deps: Deps,
+    health: HealthPolicy,
     state: Mutex<PodState>,
     /// Serialises creates.
     creating: Mutex<()>,
@@ -138,9 +160,16 @@ pub struct PodService {
 
 impl PodService {
     pub fn new(cfg: Config, deps: Deps) -> Arc<PodService> {
+        let health = HealthPolicy::of(&cfg);
+        PodService::with_health(cfg, deps, health)
+    }
+
+    /// [`PodService::new`] with a health policy of the caller's (tests use milliseconds).
+    pub fn with_health(cfg: Config, deps: Deps, health: HealthPolicy) -> Arc<PodService> {
         Arc::new(PodService {
             cfg,
             deps,
+            health,
             state: Mutex::new(PodState {
                 pod_id: None,
                 vm: VmState::NotStarted,
@@ -164,7 +193,10 @@ impl PodService {
 
     pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<u32> {
         let mut spec = BundleSpec::load(&req.bundle)?;
-        let role = PodRole::of(&req.id, &spec);
+        let role = PodRole::checked(&req.id, &spec)?;
+        // What the share would refuse is refused before a VM boots for it.
+        crate::mount::check_rootfs_mounts(&req.rootfs)?;
+        crate::share::rewrite_spec(&req.id, &mut spec.clone())?;
         let guest_ns = crate::network::namespaces::rewrite_for_guest(&role, &mut spec);
         if role.boots_vm() {
             match &guest_ns.host_netns {
@@ -199,7 +231,14 @@ impl PodService {
             }
         }
         if role.boots_vm() {
-            let shared_dir = self.deps.share.prepare_pod(&pod_dir)?;
+            self.make_pod_dir(&pod_dir)?;
+            let shared_dir = match self.deps.share.prepare_pod(&pod_dir) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.remove_pod(&pod_dir);
+                    return Err(e);
+                }
+            };
             let vm_req = VmRequest {
                 pod_id: pod_id.clone(),
                 size: vm_size(&spec, &self.cfg),
@@ -210,7 +249,7 @@ impl PodService {
             let vm = match self.deps.launcher.launch(&vm_req).await {
                 Ok(vm) => vm,
                 Err(e) => {
-                    let _ = self.deps.share.cleanup_pod(&pod_dir);
+                    self.remove_pod(&pod_dir);
                     return Err(e);
                 }
             };
@@ -228,7 +267,7 @@ impl PodService {
             );
             if let Err(e) = made {
                 vm.process.stop().await;
-                let _ = self.deps.share.cleanup_pod(&pod_dir);
+                self.remove_pod(&pod_dir);
                 return Err(e.into());
             }
             let mut st = self.state.lock().await;
@@ -238,12 +277,25 @@ impl PodService {
                 process: vm.process.clone(),
                 agent: vm.agent.clone(),
             };
-            self.watch_vm(vm.process, vm.agent);
+            self.watch_vm(vm.process, vm.agent, pod_dir.clone());
         }
         let agent = self.state.lock().await.agent()?;
-        self.deps
-            .share
-            .share(&pod_dir, &req.id, &req.bundle, &req.rootfs, &mut spec)?;
+        if let Err(e) =
+            self.deps
+                .share
+                .share(&pod_dir, &req.id, &req.bundle, &req.rootfs, &mut spec)
+        {
+            // What was mounted before the failure goes, and a VM booted for this
+            // container alone goes with it.
+            let _ = self.deps.share.unshare(&pod_dir, &req.id, &req.bundle);
+            if role.boots_vm() {
+                let process = self
+                    .mark_vm_dead("its first container could not be shared")
+                    .await;
+                self.stop_process(process, &pod_dir).await;
+            }
+            return Err(e);
+        }
         let stdio = flags(&req.stdio);
         let creq = ContainerRequest {
             container_id: req.id.clone(),
@@ -292,16 +344,43 @@ impl PodService {
         Ok(pid)
     }
 
-    /// Publishes the end of the VM to every live process, and OOM kills as they come.
-    fn watch_vm(self: &Arc<Self>, process: Arc<dyn VmProcess>, agent: Arc<dyn AgentClient>) {
+    /// Creates the pod's directory (see [`crate::poddir`]: never one planted there).
+    fn make_pod_dir(&self, pod_dir: &std::path::Path) -> Result<()> {
+        std::fs::create_dir_all(&self.cfg.state_dir)
+            .map_err(|e| ShimError::io(self.cfg.state_dir.display().to_string(), e))?;
+        crate::poddir::ensure_dir(pod_dir)?;
+        Ok(())
+    }
+
+    /// Undoes the pod's sharing and removes its directory (sockets, logs, vm.json).
+    fn remove_pod(&self, pod_dir: &std::path::Path) {
+        let _ = self.deps.share.cleanup_pod(pod_dir);
+        crate::poddir::remove(pod_dir);
+    }
+
+    /// Publishes the end of the VM to every live process, cleans up the pod's mounts and
+    /// directory, forwards OOM kills as they come, and checks the agent's health.
+    fn watch_vm(
+        self: &Arc<Self>,
+        process: Arc<dyn VmProcess>,
+        agent: Arc<dyn AgentClient>,
+        pod_dir: PathBuf,
+    ) {
+        self.watch_agent_health(process.clone(), agent.clone());
         let me = self.clone();
         tokio::spawn(async move {
             let exit = process.exited().await;
-            let reason = format!("vmm {}", exit.description);
-            log::warn!("pod vm ended: {reason}");
             let mut st = me.state.lock().await;
+            // A VM the shim stopped (health check, delete) keeps the reason it gave.
+            let reason = match &st.vm {
+                VmState::Dead { reason } => reason.clone(),
+                _ => format!("vmm {}", exit.description),
+            };
+            log::warn!("pod vm ended: {reason}");
             if let VmState::Running { .. } = st.vm {
-                st.vm = VmState::Dead { reason };
+                st.vm = VmState::Dead {
+                    reason: reason.clone(),
+                };
             }
             let pid = st.vm_pid;
             let mut exits = Vec::new();
@@ -318,11 +397,70 @@ impl PodService {
             }
             // Reaps the helpers (virtiofsd) too.
             process.stop().await;
+            // Nothing serves the pod's mounts, sockets and files any more; Delete finds
+            // them gone (each step is idempotent).
+            me.remove_pod(&pod_dir);
         });
         let me = self.clone();
         tokio::spawn(async move {
             while let Ok(container_id) = agent.next_oom_event().await {
+                // The id is the guest's word: only a container of this pod gets a TaskOOM.
+                if !me.state.lock().await.containers.contains_key(&container_id) {
+                    log::warn!(
+                        "the agent reported an OOM kill of {:?}, which is no container of this pod: ignored",
+                        container_id.chars().take(80).collect::<String>()
+                    );
+                    continue;
+                }
                 me.deps.events.publish(Event::Oom { container_id }).await;
+            }
+        });
+    }
+
+    /// Every `health_check_interval_secs` the agent's Check, bounded by
+    /// `health_check_timeout_secs`; after `health_check_failures` failures or timeouts in
+    /// a row the VM is declared dead with that reason and stopped, and the VM's end
+    /// (`watch_vm`) does the rest: TaskExit for every process, cleanup.
+    fn watch_agent_health(
+        self: &Arc<Self>,
+        process: Arc<dyn VmProcess>,
+        agent: Arc<dyn AgentClient>,
+    ) {
+        let policy = self.health;
+        if policy.interval.is_zero() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut failed = 0u32;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(policy.interval) => {}
+                    _ = process.exited() => return,
+                }
+                let last = match tokio::time::timeout(policy.timeout, agent.health_check()).await {
+                    Ok(Ok(())) => {
+                        failed = 0;
+                        continue;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {} ms", policy.timeout.as_millis()),
+                };
+                failed += 1;
+                log::warn!(
+                    "agent health check failed ({failed} of {} allowed in a row): {last}",
+                    policy.failures
+                );
+                if failed < policy.failures {
+                    continue;
+                }
+                let reason =
+                    format!("the agent failed {failed} health checks in a row (last: {last})");
+                log::error!("{reason}: stopping the vm");
+                if me.mark_vm_dead(&reason).await.is_some() {
+                    process.stop().await;
+                }
+                return;
             }
         });
     }
@@ -345,7 +483,7 @@ impl PodService {
         if let Some(p) = process {
             p.stop().await;
         }
-        let _ = self.deps.share.cleanup_pod(pod_dir);
+        self.remove_pod(pod_dir);
     }
 
     async fn stop_vm(&self, why: &str) {
@@ -397,10 +535,16 @@ impl PodService {
         self.deps.events.publish(event).await;
         let events = self.deps.events.clone();
         tokio::spawn(async move {
-            let code = agent
-                .wait_process(&pref)
-                .await
-                .unwrap_or(VM_DIED_EXIT_STATUS);
+            let code = match agent.wait_process(&pref).await {
+                // A wait status is 0-255 (128 + signal for a killed process): anything
+                // else is the guest's invention.
+                Ok(c) if c > 255 => {
+                    log::warn!("the agent reported exit status {c} for {pref}: reporting 255");
+                    VM_DIED_EXIT_STATUS
+                }
+                Ok(c) => c,
+                Err(_) => VM_DIED_EXIT_STATUS,
+            };
             {
                 let mut io = io.lock().await;
                 io.drain(OUTPUT_DRAIN).await;

@@ -227,7 +227,7 @@ async fn agent_errors_keep_their_code() {
 }
 
 #[tokio::test]
-async fn pod_with_two_containers_and_vm_death() {
+async fn case_43_pod_with_two_containers_and_vm_death() {
     let p = pod();
     p.svc
         .create(p.bundle("p1", &cri("sandbox", "p1")))
@@ -288,7 +288,7 @@ async fn member_without_its_sandbox_is_refused() {
 }
 
 #[tokio::test]
-async fn failed_boot_and_failed_first_container_leave_nothing() {
+async fn case_47_failed_boot_and_failed_first_container_leave_nothing() {
     let p = pod();
     *p.launcher.fail.lock().unwrap() = Some("kvm said no".into());
     let e = p.svc.create(p.bundle("c1", "{}")).await.unwrap_err();
@@ -319,7 +319,7 @@ async fn failed_boot_and_failed_first_container_leave_nothing() {
 }
 
 #[tokio::test]
-async fn missing_bundle_is_invalid_argument() {
+async fn case_22_missing_bundle_is_invalid_argument() {
     let p = pod();
     let req = CreateRequest {
         id: "c1".into(),

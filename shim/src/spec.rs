@@ -8,6 +8,10 @@ use serde_json::Value;
 
 use crate::error::{Result, ShimError};
 
+/// The largest spec the shim reads: it goes to the agent in one ttrpc message, which
+/// is at most 4 MiB.
+pub const MAX_SPEC_BYTES: u64 = 3 << 20;
+
 /// A bundle's spec.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BundleSpec {
@@ -36,13 +40,23 @@ impl SpecMount {
 }
 
 impl BundleSpec {
-    /// Reads `<bundle>/config.json`.
+    /// Reads `<bundle>/config.json` (at most [`MAX_SPEC_BYTES`]).
     pub fn load(bundle: &Path) -> Result<BundleSpec> {
+        use std::io::Read;
         let path = bundle.join("config.json");
-        let text = std::fs::read(&path).map_err(|e| ShimError::Spec {
+        let err = |msg: String| ShimError::Spec {
             path: path.clone(),
-            msg: e.to_string(),
-        })?;
+            msg,
+        };
+        let mut text = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(MAX_SPEC_BYTES + 1).read_to_end(&mut text))
+            .map_err(|e| err(e.to_string()))?;
+        if text.len() as u64 > MAX_SPEC_BYTES {
+            return Err(err(format!(
+                "larger than {MAX_SPEC_BYTES} bytes (the agent's messages are at most 4 MiB)"
+            )));
+        }
         BundleSpec::from_slice(&text, path)
     }
 

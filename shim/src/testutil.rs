@@ -32,6 +32,21 @@ pub struct FakeAgent {
     fail: Mutex<HashMap<String, AgentError>>,
     dead: watch::Sender<bool>,
     oom: Mutex<VecDeque<String>>,
+    /// What the next replies say instead of the defaults (a hostile guest's answers).
+    pub hostile: Mutex<Hostile>,
+    /// The specs create_container received.
+    pub specs: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Replies a hostile or broken agent gives.
+#[derive(Default)]
+pub struct Hostile {
+    /// health_check fails (the agent crashed but its VM lives).
+    pub health_fails: bool,
+    /// health_check never answers (a wedged agent) until the VM is stopped.
+    pub health_hangs: bool,
+    pub stats: Option<ContainerStats>,
+    pub pids: Option<Vec<u32>>,
 }
 
 impl FakeAgent {
@@ -88,7 +103,20 @@ impl FakeAgent {
 #[async_trait]
 impl AgentClient for FakeAgent {
     async fn health_check(&self) -> AgentResult<()> {
-        self.call("health_check")
+        self.call("health_check")?;
+        let (fails, hangs) = {
+            let h = self.hostile.lock().unwrap();
+            (h.health_fails, h.health_hangs)
+        };
+        if hangs {
+            let mut dead = self.dead.subscribe();
+            let _ = dead.wait_for(|d| *d).await;
+            return Err(AgentError::Unavailable("connection closed".into()));
+        }
+        if fails {
+            return Err(AgentError::Unavailable("connection reset by peer".into()));
+        }
+        Ok(())
     }
     async fn create_sandbox(&self, _req: SandboxRequest) -> AgentResult<()> {
         self.call("create_sandbox")
@@ -101,6 +129,7 @@ impl AgentClient for FakeAgent {
         self.call(&format!("configure_network {}", iface.mac_string()))
     }
     async fn create_container(&self, req: ContainerRequest) -> AgentResult<()> {
+        self.specs.lock().unwrap().push(req.spec_json.clone());
         self.call(&format!("create_container {}", req.container_id))
     }
     async fn start_container(&self, id: &str) -> AgentResult<u32> {
@@ -183,6 +212,9 @@ impl AgentClient for FakeAgent {
     }
     async fn stats_container(&self, id: &str) -> AgentResult<ContainerStats> {
         self.call(&format!("stats_container {id}"))?;
+        if let Some(s) = self.hostile.lock().unwrap().stats {
+            return Ok(s);
+        }
         Ok(ContainerStats {
             cpu_usage_usec: 7,
             memory_usage: 4096,
@@ -192,6 +224,9 @@ impl AgentClient for FakeAgent {
     }
     async fn list_processes(&self, id: &str) -> AgentResult<Vec<u32>> {
         self.call(&format!("list_processes {id}"))?;
+        if let Some(p) = self.hostile.lock().unwrap().pids.clone() {
+            return Ok(p);
+        }
         Ok(vec![1, 7])
     }
     async fn remove_container(&self, id: &str) -> AgentResult<()> {
@@ -222,6 +257,14 @@ impl FakeVm {
         self.exit.send_replace(Some(VmExit {
             description: "was killed by signal 9".into(),
             code: None,
+        }));
+    }
+    /// The vmm exits by itself with `code` (a guest panic is 4).
+    pub fn end(&self, description: &str, code: i32) {
+        self.agent.die();
+        self.exit.send_replace(Some(VmExit {
+            description: description.into(),
+            code: Some(code),
         }));
     }
     pub fn is_running(&self) -> bool {

@@ -304,11 +304,22 @@ impl HuskVmm {
         restore_from: Option<&Path>,
     ) -> Result<(Arc<ChildVm>, Option<UnixListener>)> {
         let dir = &req.pod_dir;
-        std::fs::create_dir_all(dir).map_err(|e| ShimError::io(dir.display().to_string(), e))?;
+        if let Some(state_dir) = dir.parent() {
+            std::fs::create_dir_all(state_dir)
+                .map_err(|e| ShimError::io(state_dir.display().to_string(), e))?;
+        }
+        // A real directory of the shim's, never a symlink planted to elsewhere; what is
+        // at the names of its sockets and files is unlinked, never followed.
+        crate::poddir::ensure_dir(dir)?;
         let fs_sock = virtiofsd_socket(dir);
-        let _ = std::fs::remove_file(&fs_sock);
-        let _ = std::fs::remove_file(vsock_socket(dir));
-        let _ = std::fs::remove_file(ready_socket(dir));
+        for name in [
+            fs_sock.clone(),
+            vsock_socket(dir),
+            ready_socket(dir),
+            dir.join("console.log"),
+        ] {
+            crate::poddir::remove_entry(&name);
+        }
         // Bound before the vmm starts, so the agent's signal cannot come too early. A
         // restored guest sent its signal before the template's snapshot: its agent
         // already serves, and the shim polls it at once.
@@ -363,9 +374,9 @@ impl HuskVmm {
             config["restore_from"] = json!(t);
         }
         let config = config.to_string();
-        if let Err(e) = std::fs::write(&config_path, config) {
+        if let Err(e) = crate::poddir::write_fresh(&config_path, config.as_bytes()) {
             helper.stop().await;
-            return Err(ShimError::io(config_path.display().to_string(), e));
+            return Err(e.into());
         }
         let args = [
             "run".to_string(),
@@ -437,8 +448,7 @@ pub(crate) fn spawn_logged(
     log: &Path,
     netns: Option<&Path>,
 ) -> Result<Child> {
-    let out =
-        std::fs::File::create(log).map_err(|e| ShimError::io(log.display().to_string(), e))?;
+    let out = crate::poddir::fresh_file(log)?;
     let err = out
         .try_clone()
         .map_err(|e| ShimError::io(log.display().to_string(), e))?;
@@ -596,7 +606,7 @@ impl ChildVm {
         let vm_cause = cause.clone();
         tokio::spawn(async move {
             let (mut description, code) = match child.wait().await {
-                Ok(s) => (describe(s), s.code()),
+                Ok(s) => (describe_vmm(s), s.code()),
                 Err(e) => (format!("could not be waited for: {e}"), None),
             };
             if let Some(c) = vm_cause.lock().ok().and_then(|c| c.clone()) {
@@ -625,6 +635,21 @@ impl ChildVm {
     fn ended_by_helper(&self) -> bool {
         self.cause.lock().map(|c| c.is_some()).unwrap_or(false)
     }
+}
+
+/// How husk-vmm ended, with what its exit status means (vmm/src/exit.rs): a guest that
+/// panicked, reset or halted (its init, the agent, exited), or triple-faulted is told
+/// apart from a vmm that failed or was killed.
+pub(crate) fn describe_vmm(s: std::process::ExitStatus) -> String {
+    let meaning = match s.code() {
+        Some(0) => "the guest reset or halted: its init, the agent, exited or rebooted it",
+        Some(1) => "a vmm error",
+        Some(VMM_EXIT_TRIPLE_FAULT) => "the guest triple-faulted",
+        Some(4) => "guest kernel panic",
+        Some(5) => "the vmm was stopped by a signal",
+        _ => return describe(s),
+    };
+    format!("{} ({meaning})", describe(s))
 }
 
 pub(crate) fn describe(s: std::process::ExitStatus) -> String {

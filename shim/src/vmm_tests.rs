@@ -180,7 +180,7 @@ async fn the_agents_ready_signal_ends_the_wait_at_once() {
 }
 
 #[tokio::test]
-async fn silent_vmm_times_out_and_is_reaped() {
+async fn case_47_silent_vmm_times_out_and_is_reaped() {
     let (_d, vmm, req) = setup("#!/bin/sh\necho booting\nexec sleep 1000\n", FAKE_VIRTIOFSD);
     let e = vmm.launch(&req).await.unwrap_err().to_string();
     assert!(e.contains("the agent did not answer within 2 s"), "{e}");
@@ -190,7 +190,7 @@ async fn silent_vmm_times_out_and_is_reaped() {
 }
 
 #[tokio::test]
-async fn vmm_that_dies_is_reported_with_its_log() {
+async fn case_47_vmm_that_dies_is_reported_with_its_log() {
     let (_d, vmm, req) = setup(
         "#!/bin/sh\necho 'husk-vmm: /dev/kvm is PVM' >&2\nexit 1\n",
         FAKE_VIRTIOFSD,
@@ -283,7 +283,7 @@ async fn virtiofsd_that_fails_stops_the_launch() {
 }
 
 #[tokio::test]
-async fn missing_vmm_binary() {
+async fn case_47_missing_vmm_binary() {
     let (_d, mut vmm, req) = setup(FAKE_VMM, FAKE_VIRTIOFSD);
     vmm.cfg.vmm = "/nonexistent/husk-vmm".into();
     let e = vmm.launch(&req).await.unwrap_err().to_string();
@@ -292,7 +292,7 @@ async fn missing_vmm_binary() {
 }
 
 #[tokio::test]
-async fn virtiofsd_death_ends_the_vm() {
+async fn case_43_virtiofsd_death_ends_the_vm() {
     let (d, vmm, req) = setup(FAKE_VMM, FAKE_VIRTIOFSD);
     let vm = vmm.launch(&req).await.unwrap();
     let fsd = recorded_pid(&req.pod_dir, VIRTIOFSD_PID_FILE);
@@ -623,4 +623,129 @@ async fn a_template_gets_guest_ram_on_a_huge_page_tmpfs_that_goes_with_it() {
         &req.pod_dir.join(crate::ram::RAM_DIR),
         nix::mount::MntFlags::MNT_DETACH,
     );
+}
+
+/// [`FAKE_VMM`] that exits with `code` once the agent has been connected to (after the
+/// handshake's first connection), as husk-vmm does when its guest ends.
+fn vmm_that_ends_after_serving(code: i32) -> String {
+    const ACCEPT: &str = "    conns.append(c)\n";
+    assert!(FAKE_VMM.contains(ACCEPT));
+    FAKE_VMM.replacen(
+        ACCEPT,
+        &format!("{ACCEPT}    time.sleep(0.3)\n    sys.exit({code})\n"),
+        1,
+    )
+}
+
+#[tokio::test]
+async fn case_45_a_guest_panic_or_the_agent_exiting_is_reported_as_such() {
+    for (code, meaning) in [
+        (4, "guest kernel panic"),
+        (
+            0,
+            "the guest reset or halted: its init, the agent, exited or rebooted it",
+        ),
+    ] {
+        let (_d, vmm, req) = setup(&vmm_that_ends_after_serving(code), FAKE_VIRTIOFSD);
+        let vm = vmm.launch(&req).await.unwrap();
+        let fsd = recorded_pid(&req.pod_dir, VIRTIOFSD_PID_FILE);
+        let exit = tokio::time::timeout(Duration::from_secs(10), vm.process.exited())
+            .await
+            .unwrap();
+        assert_eq!(exit.code, Some(code));
+        assert_eq!(
+            exit.description,
+            format!("exited with status {code} ({meaning})")
+        );
+        vm.process.stop().await;
+        assert!(gone(fsd), "virtiofsd reaped after the vmm ended");
+    }
+}
+
+#[tokio::test]
+async fn case_45_a_guest_that_panics_before_the_agent_answers_fails_the_boot_once() {
+    let (_d, vmm, req) = setup(
+        "#!/bin/sh\necho x >> \"$(dirname \"$3\")/runs\"\necho 'husk-vmm: guest kernel panic' >&2\nexit 4\n",
+        FAKE_VIRTIOFSD,
+    );
+    let e = vmm.launch(&req).await.unwrap_err().to_string();
+    assert!(
+        e.contains("exited with status 4 (guest kernel panic)"),
+        "{e}"
+    );
+    assert_eq!(
+        runs(&req, "runs"),
+        1,
+        "a panicking guest is not booted again"
+    );
+    assert!(gone(recorded_pid(&req.pod_dir, VIRTIOFSD_PID_FILE)));
+}
+
+/// The pod around the real launcher with stand-in programs: what a failed boot leaves.
+fn pod_with(
+    vmm: HuskVmm,
+) -> (
+    Arc<crate::service::PodService>,
+    Arc<crate::testutil::FakeShare>,
+) {
+    let share = Arc::new(crate::testutil::FakeShare::default());
+    let cfg = vmm.config().clone();
+    let svc = crate::service::PodService::new(
+        cfg,
+        crate::service::Deps {
+            launcher: Arc::new(vmm),
+            events: Arc::new(crate::testutil::RecordingEvents::default()),
+            share: share.clone(),
+        },
+    );
+    (svc, share)
+}
+
+#[tokio::test]
+async fn case_47_a_failure_after_the_vmm_is_spawned_reaps_every_pid_and_leaves_no_dir() {
+    // Each stand-in records its pid beside itself (the pod dir's pid files go with it).
+    const RECORD: &str = "echo $$ >> \"$(dirname \"$0\")/pids\"\n";
+    let fsd = FAKE_VIRTIOFSD.replacen("#!/bin/sh\n", &format!("#!/bin/sh\n{RECORD}"), 1);
+    // the agent never connects; the vmm refuses its config (a bad memory size)
+    for vmm_script in [
+        format!("#!/bin/sh\n{RECORD}echo booting\nexec sleep 1000\n"),
+        format!("#!/bin/sh\n{RECORD}echo 'husk-vmm: mem_mib 0 is too small' >&2\nexit 1\n"),
+    ] {
+        let (d, mut vmm, _) = setup(&vmm_script, &fsd);
+        vmm.config_mut().state_dir = d.path().join("state");
+        let (svc, share) = pod_with(vmm);
+        let bundle = d.path().join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("config.json"), "{}").unwrap();
+        let req = crate::service::CreateRequest {
+            id: "c1".into(),
+            bundle,
+            ..Default::default()
+        };
+        let e = svc.create(req).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            containerd_shim_protos::ttrpc::Code::INTERNAL,
+            "{e}"
+        );
+        let pids: Vec<i32> = std::fs::read_to_string(d.path().join("pids"))
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert_eq!(
+            pids.len(),
+            2,
+            "the vmm and virtiofsd were spawned: {pids:?}"
+        );
+        for p in pids {
+            assert!(gone(p), "pid {p} left behind");
+        }
+        let pod_dir = d.path().join("state/c1");
+        assert!(
+            !pod_dir.exists(),
+            "the pod dir (sockets, logs, vm.json) is left"
+        );
+        assert_eq!(*share.calls.lock().unwrap(), ["prepare_pod", "cleanup_pod"]);
+    }
 }
