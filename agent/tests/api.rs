@@ -9,6 +9,7 @@ mod common;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::process::Command;
 
 use common::*;
 use husk_protocol::agent::*;
@@ -225,6 +226,15 @@ fn a_container_joins_another_ones_pid_namespace_through_the_agents_handle() {
     c.start_container(ctx(), &sandbox).unwrap();
     // What the shim sends for a pod member with shareProcessNamespace.
     let handle = husk_protocol::shared_pid_ns_path("pns-sandbox");
+    // A stale handle of that name (an earlier agent's, here naming the test's own pid
+    // namespace) is replaced, never joined.
+    std::fs::create_dir_all(husk_protocol::SHARED_PID_NS_DIR).unwrap();
+    std::fs::write(&handle, b"").unwrap();
+    let bound = Command::new("mount")
+        .args(["--bind", "/proc/self/ns/pid", &handle])
+        .status()
+        .unwrap();
+    assert!(bound.success());
     let mut sp: serde_json::Value = serde_json::from_slice(&spec(
         &root,
         &["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline"],

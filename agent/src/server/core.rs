@@ -63,6 +63,15 @@ fn drop_pid_namespace_handle(id: &str) {
     }
 }
 
+/// Whether two nsfs files (a handle, a `/proc/<pid>/ns/*` link) name the same namespace.
+fn same_namespace(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
 /// Where the agent keeps things and how it runs.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -387,18 +396,23 @@ impl AgentCore {
         };
         let owner = rest.to_str().unwrap_or_default();
         check_id("pid namespace owner", owner)?;
-        if path.exists() {
-            return Ok(());
-        }
         let c = self.get(owner)?;
         if self.reaper.try_status(c.pid).is_some() {
             return Err(CoreError::State(format!(
                 "container {owner} has exited: its pid namespace cannot be joined"
             )));
         }
+        let src = format!("/proc/{}/ns/pid", c.pid);
+        if path.exists() {
+            if same_namespace(&path, Path::new(&src)) {
+                return Ok(());
+            }
+            // A handle an earlier agent, or an earlier container of this id, left: it holds
+            // some other namespace (joining a dead one fails clone with ENOMEM).
+            drop_pid_namespace_handle(owner);
+        }
         std::fs::create_dir_all(husk_protocol::SHARED_PID_NS_DIR).map_err(io("pidns dir"))?;
         std::fs::write(&path, b"").map_err(io("pidns handle"))?;
-        let src = format!("/proc/{}/ns/pid", c.pid);
         nix::mount::mount(
             Some(src.as_str()),
             &path,
