@@ -547,3 +547,231 @@ fn case_22_hostile_oci_config() {
     assert_alive(&mut srv);
     assert!(answers_check(&srv, Duration::from_secs(5)));
 }
+
+/// The OCI process of an exec request.
+fn exec_req(id: &str, exec_id: &str, process: serde_json::Value) -> ExecProcessRequest {
+    let mut e = ExecProcessRequest::new();
+    e.container_id = id.into();
+    e.exec_id = exec_id.into();
+    e.process_json = serde_json::to_vec(&process).unwrap();
+    e.stdio = stdio(false);
+    e
+}
+
+/// Runs `sh -c script` as an exec in container `id`; returns its status and stdout.
+fn exec_sh(c: &AgentClient, id: &str, exec_id: &str, script: &str) -> (u32, String) {
+    let p = serde_json::json!({"cwd": "/", "args": ["sh", "-c", script], "env": ["PATH=/bin"],
+                               "user": {"uid": 0, "gid": 0}});
+    c.exec_process(ctx(), &exec_req(id, exec_id, p)).unwrap();
+    let out = String::from_utf8_lossy(&read_all(c, id, exec_id, OutputStream::STDOUT)).into_owned();
+    let st = c
+        .wait_process(ctx(), &proc_req(id, exec_id))
+        .unwrap()
+        .status;
+    (st, out)
+}
+
+/// Catalogue case 27: fd leaks and cwd escapes (runc CVE-2024-21626). The container's first
+/// process and exec'd processes see only stdio; a cwd of /proc/self/fd/N is refused for
+/// both, and a cwd through a symlink is refused or lands inside the root.
+#[test]
+fn case_27_fd_leak_and_cwd_escape() {
+    let Some(bb) = can_run_containers() else {
+        return;
+    };
+    let (srv, c) = start_server("c27");
+    let root = rootfs(&srv.dir, &bb);
+    std::os::unix::fs::symlink("bin", root.join("link")).unwrap();
+    std::os::unix::fs::symlink("../../../../../tmp", root.join("uplink")).unwrap();
+    // The shell lists its own fds (not those of ls, which has its directory open): no pipe
+    // (whose ends the shell would hold) and no exec of the last command (`; true`).
+    let fds = "ls /proc/$$/fd; true";
+    let r = run(&c, "fds", &spec(&root, &["sh", "-c", fds])).unwrap();
+    assert_eq!((r.status, r.out.as_str()), (0, "0\n1\n2\n"), "{}", r.err);
+
+    c.create_container(ctx(), &creq_out("c27", &spec(&root, &["sleep", "100"])))
+        .unwrap();
+    c.start_container(ctx(), &container_req("c27")).unwrap();
+    let (st, out) = exec_sh(&c, "c27", "fds", fds);
+    assert_eq!((st, out.as_str()), (0, "0\n1\n2\n"));
+    // The first process's fds, seen from an exec in the same container.
+    let (_, out) = exec_sh(&c, "c27", "fds1", "ls /proc/1/fd");
+    assert_eq!(out, "0\n1\n2\n");
+    for n in 3..10 {
+        let p = serde_json::json!({"cwd": format!("/proc/self/fd/{n}"), "args": ["sh", "-c", "echo ran; pwd"],
+                                   "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}});
+        let id = format!("cwd{n}");
+        let refused = match c.exec_process(ctx(), &exec_req("c27", &id, p)) {
+            Err(_) => true,
+            Ok(_) => {
+                let out = read_all(&c, "c27", &id, OutputStream::STDOUT);
+                let st = c.wait_process(ctx(), &proc_req("c27", &id)).unwrap().status;
+                st != 0 && !String::from_utf8_lossy(&out).contains("ran")
+            }
+        };
+        assert!(refused, "exec ran with cwd /proc/self/fd/{n}");
+    }
+    for cwd in ["/link", "/uplink"] {
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        let r = run(
+            &c,
+            "cwdlink",
+            &spec_with(&root, &["sh", "-c", "pwd -P"], |s| {
+                s["process"]["cwd"] = cwd.into()
+            }),
+        )
+        .unwrap();
+        if r.status == 0 {
+            let real = r.out.trim();
+            assert!(
+                real == "/bin" || real == "/tmp",
+                "cwd {cwd} landed at {real}"
+            );
+        } else {
+            assert!(
+                r.err.contains("cwd") || r.err.contains("chdir"),
+                "{}",
+                r.err
+            );
+        }
+    }
+    kill9(&c, "c27");
+    c.remove_container(ctx(), &container_req("c27")).unwrap();
+}
+
+/// Whether a write open of `/proc/<pid>/exe` from a shell in a container worked; the shell
+/// prints `WROTE <pid> <exe>` for each that did and `AGENT <pid>` for each process whose
+/// exe it could read and that was this binary.
+const EXE_PROBE: &str = r#"for p in /proc/[0-9]*; do
+  n=${p#/proc/}; l=$(readlink $p/exe 2>/dev/null)
+  case "$l" in *husk-agent*) echo "AGENT $n";; esac
+  if (: >> $p/exe) 2>/dev/null; then echo "WROTE $n $l"; fi
+done"#;
+
+/// Catalogue case 28: agent binary overwrite (runc CVE-2019-5736). From a container with
+/// CAP_SYS_PTRACE and CAP_DAC_OVERRIDE, every `/proc/<pid>/exe` write open fails: that of a
+/// container init still running the agent's code before its execve (a member of a shared
+/// pid namespace, created and not started), and those of processes exec'd meanwhile
+/// (probed in a loop while execs run); the binary is unchanged and, once started, no
+/// process of the containers runs the agent binary.
+#[test]
+fn case_28_agent_binary_overwrite() {
+    let Some(bb) = can_run_containers() else {
+        return;
+    };
+    let (srv, c) = start_server("c28");
+    let root = rootfs(&srv.dir, &bb);
+    for t in ["readlink", "ls", "tr", "grep"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(t)).unwrap();
+    }
+    let agent = PathBuf::from(env!("CARGO_BIN_EXE_husk-agent"));
+    let meta = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.len(), m.modified().unwrap())
+    };
+    let before = meta(&agent);
+    let caps = serde_json::json!([
+        "CAP_SYS_PTRACE",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FOWNER",
+        "CAP_KILL"
+    ]);
+    let with_caps = |args: &[&str]| {
+        spec_with(&root, args, |s| {
+            s["process"]["capabilities"] = serde_json::json!({"bounding": caps, "effective": caps,
+                "permitted": caps, "inheritable": caps, "ambient": caps});
+            s["process"]["noNewPrivileges"] = false.into();
+        })
+    };
+    c.create_container(ctx(), &creq_out("c28a", &with_caps(&["sleep", "100"])))
+        .unwrap();
+    c.start_container(ctx(), &container_req("c28a")).unwrap();
+    let member = spec_with(&root, &["sleep", "100"], |s| {
+        s["linux"]["namespaces"][0] =
+            serde_json::json!({"type": "pid", "path": husk_protocol::shared_pid_ns_path("c28a")});
+    });
+    c.create_container(ctx(), &creq_out("c28b", &member))
+        .unwrap();
+    // c28b's init now waits on exec.fifo, a clone of the agent, visible in c28a.
+    // Without CAP_SYS_PTRACE the clone's exe cannot even be read (it is non-dumpable).
+    let (st, out) = exec_sh(&c, "c28a", "probe", EXE_PROBE);
+    assert_eq!(st, 0);
+    assert!(
+        !out.contains("WROTE"),
+        "a write open of an exe worked:\n{out}"
+    );
+    assert!(
+        !out.contains("AGENT"),
+        "the agent's clone was readable from the container:\n{out}"
+    );
+    // With it, the exe can be read, but never opened for writing.
+    let p = serde_json::json!({"cwd": "/", "args": ["sh", "-c", EXE_PROBE], "env": ["PATH=/bin"],
+                               "user": {"uid": 0, "gid": 0}, "capabilities": {"bounding": caps,
+                               "effective": caps, "permitted": caps, "ambient": caps, "inheritable": caps}});
+    c.exec_process(ctx(), &exec_req("c28a", "probe2", p))
+        .unwrap();
+    let out =
+        String::from_utf8_lossy(&read_all(&c, "c28a", "probe2", OutputStream::STDOUT)).into_owned();
+    let err = read_all(&c, "c28a", "probe2", OutputStream::STDERR);
+    eprintln!(
+        "probe2 {:?} {}",
+        c.wait_process(ctx(), &proc_req("c28a", "probe2")).unwrap(),
+        String::from_utf8_lossy(&err)
+    );
+    assert!(
+        !out.contains("WROTE"),
+        "a write open of an exe worked:\n{out}"
+    );
+    assert!(
+        out.contains("AGENT"),
+        "the created member's init is not visible:\n{out}"
+    );
+    let (_, pids) = exec_sh(&c, "c28a", "pids", "ls -d /proc/[0-9]* | tr '\\n' ' '");
+    assert!(
+        pids.split_whitespace().count() >= 3,
+        "c28b's init not visible: {pids}"
+    );
+
+    // Exec'd processes: probe in a loop while execs come and go.
+    let looped =
+        format!("end=$(( $(date +%s) + 3 )); while [ $(date +%s) -lt $end ]; do {EXE_PROBE}; done");
+    let p = serde_json::json!({"cwd": "/", "args": ["sh", "-c", looped], "env": ["PATH=/bin"],
+                               "user": {"uid": 0, "gid": 0}, "capabilities": {"bounding": caps,
+                               "effective": caps, "permitted": caps, "ambient": caps, "inheritable": caps}});
+    c.exec_process(ctx(), &exec_req("c28a", "loop", p)).unwrap();
+    let t = Instant::now();
+    let mut n = 0;
+    while t.elapsed() < Duration::from_millis(2500) {
+        exec_sh(&c, "c28a", &format!("x{n}"), "true");
+        n += 1;
+    }
+    let out =
+        String::from_utf8_lossy(&read_all(&c, "c28a", "loop", OutputStream::STDOUT)).into_owned();
+    c.wait_process(ctx(), &proc_req("c28a", "loop")).unwrap();
+    assert!(
+        !out.contains("WROTE"),
+        "a write open of an exe worked:\n{out}"
+    );
+    let mut seen: Vec<&str> = out.lines().filter(|l| l.starts_with("AGENT")).collect();
+    seen.sort();
+    seen.dedup();
+    eprintln!("case 28: {n} execs while probing; agent binary seen (CAP_SYS_PTRACE) as {seen:?}");
+
+    c.start_container(ctx(), &container_req("c28b")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, out) = exec_sh(
+        &c,
+        "c28a",
+        "after",
+        "for p in /proc/[0-9]*; do readlink $p/exe; done",
+    );
+    assert!(
+        !out.contains("husk-agent"),
+        "a container process runs the agent:\n{out}"
+    );
+    assert_eq!(meta(&agent), before, "the agent binary changed");
+    for id in ["c28b", "c28a"] {
+        kill9(&c, id);
+        c.remove_container(ctx(), &container_req(id)).unwrap();
+    }
+}
