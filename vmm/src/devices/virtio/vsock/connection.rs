@@ -13,6 +13,13 @@ use super::packet::{
 };
 use super::{CONN_BUF_SIZE, CREDIT_UPDATE_THRESHOLD, HOST_CID};
 
+/// Which side opened the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Host,
+    Guest,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnState {
     /// The host connected and named a guest port; REQUEST sent, RESPONSE awaited.
@@ -42,6 +49,7 @@ pub enum ConnError {
 
 pub struct Connection {
     stream: UnixStream,
+    pub origin: Origin,
     pub state: ConnState,
     pub host_port: u32,
     pub guest_port: u32,
@@ -78,6 +86,7 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     fn new(
         stream: UnixStream,
+        origin: Origin,
         state: ConnState,
         host_port: u32,
         guest_port: u32,
@@ -85,6 +94,7 @@ impl Connection {
     ) -> Self {
         Connection {
             stream,
+            origin,
             state,
             host_port,
             guest_port,
@@ -112,6 +122,7 @@ impl Connection {
     ) -> Self {
         let mut c = Connection::new(
             stream,
+            Origin::Host,
             ConnState::LocalInit,
             host_port,
             guest_port,
@@ -125,6 +136,7 @@ impl Connection {
     pub fn guest_initiated(stream: UnixStream, req: &Header, guest_cid: u64) -> Self {
         let mut c = Connection::new(
             stream,
+            Origin::Guest,
             ConnState::Established,
             req.dst_port,
             req.src_port,

@@ -412,3 +412,126 @@ fn case_09_reset_closes_connections_and_fills_no_old_ring() {
     let _ = std::fs::remove_file(port_path);
     let _ = std::fs::remove_file(p);
 }
+
+/// Drains every packet the muxer has for the guest; returns them.
+fn drain(
+    mux: &mut crate::devices::virtio::vsock::muxer::Muxer,
+    reg: &mut RecordingRegistry,
+) -> Vec<Header> {
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::new();
+    while let Some((h, _)) = mux.next_rx(&mut buf, reg) {
+        out.push(h);
+    }
+    out
+}
+
+/// A host service at `<socket>_<port>` that accepts (and keeps) every connection.
+fn service(
+    p: &std::path::Path,
+    port: u32,
+) -> (PathBuf, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let path = PathBuf::from(format!("{}_{port}", p.display()));
+    let _ = std::fs::remove_file(&path);
+    let l = UnixListener::bind(&path).unwrap();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = n.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            held.push(s);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (path, n)
+}
+
+#[test]
+fn case_14_connection_flood_is_capped_and_the_host_still_gets_in() {
+    use crate::devices::virtio::vsock::{MAX_CONNECTIONS, MAX_HOST_CONNECTIONS};
+    let p = sock_path("flood");
+    let (svc_path, accepted) = service(&p, 5000);
+    let mut mux = crate::devices::virtio::vsock::muxer::Muxer::new(&p, 3).unwrap();
+    let mut reg = RecordingRegistry::default();
+    mux.init_events(&mut reg);
+
+    // 5000 guest REQUESTs, the guest reading its RX as it goes.
+    let (mut responses, mut rsts) = (0usize, Vec::new());
+    for i in 0..5000u32 {
+        mux.from_guest(&guest_hdr(OP_REQUEST, 10_000 + i, 5000, 0), &[], &mut reg);
+        if i % 64 == 63 {
+            for h in drain(&mut mux, &mut reg) {
+                match h.op {
+                    OP_RESPONSE => responses += 1,
+                    OP_RST => rsts.push(h.dst_port),
+                    op => panic!("op {op}"),
+                }
+            }
+        }
+    }
+    for h in drain(&mut mux, &mut reg) {
+        match h.op {
+            OP_RESPONSE => responses += 1,
+            OP_RST => rsts.push(h.dst_port),
+            op => panic!("op {op}"),
+        }
+    }
+    assert_eq!(responses, MAX_CONNECTIONS);
+    assert_eq!(rsts.len(), 5000 - MAX_CONNECTIONS);
+    assert!(rsts
+        .iter()
+        .all(|&port| port >= 10_000 + MAX_CONNECTIONS as u32));
+    assert_eq!(mux.connection_count(), MAX_CONNECTIONS);
+
+    // Half-open from the host side too: connections that never finish CONNECT, and
+    // host-initiated ones the guest never answers.
+    let mut host_side = Vec::new();
+    for i in 0..200u32 {
+        let mut s = UnixStream::connect(&p).unwrap();
+        if i % 2 == 0 {
+            s.write_all(format!("CONNECT {}\n", 2000 + i).as_bytes())
+                .unwrap();
+        }
+        host_side.push(s);
+    }
+    mux.process_event(TOKEN_LISTENER, EventSet::IN, &mut reg);
+    let watched: Vec<_> = reg.added.clone();
+    for (_, token, _) in watched {
+        mux.process_event(token, EventSet::IN, &mut reg);
+    }
+    let _ = drain(&mut mux, &mut reg);
+
+    // The shim's control connection is still taken: the guest is asked for port 1024.
+    let mut control = UnixStream::connect(&p).unwrap();
+    control.write_all(b"CONNECT 1024\n").unwrap();
+    mux.process_event(TOKEN_LISTENER, EventSet::IN, &mut reg);
+    let watched: Vec<_> = reg.added.clone();
+    for (_, token, _) in watched {
+        mux.process_event(token, EventSet::IN, &mut reg);
+    }
+    let asked = drain(&mut mux, &mut reg);
+    assert!(
+        asked
+            .iter()
+            .any(|h| h.op == OP_REQUEST && h.dst_port == 1024),
+        "{asked:?}"
+    );
+    // Bounded: every fd the muxer holds is registered with the event loop, and there are
+    // at most the two caps of them (plus the listener).
+    assert!(reg.added.len() <= MAX_CONNECTIONS + MAX_HOST_CONNECTIONS + 1);
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) <= MAX_CONNECTIONS);
+
+    // The guest closes its connections: the cap is free again.
+    for i in 0..MAX_CONNECTIONS as u32 {
+        mux.from_guest(&guest_hdr(OP_RST, 10_000 + i, 5000, 0), &[], &mut reg);
+    }
+    mux.from_guest(&guest_hdr(OP_REQUEST, 60_000, 5000, 0), &[], &mut reg);
+    assert_eq!(
+        drain(&mut mux, &mut reg).last().map(|h| h.op),
+        Some(OP_RESPONSE)
+    );
+    drop(host_side);
+    let _ = std::fs::remove_file(svc_path);
+    let _ = std::fs::remove_file(p);
+}

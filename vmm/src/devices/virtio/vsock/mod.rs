@@ -25,8 +25,12 @@ pub const MAX_PKT_LEN: usize = 64 * 1024;
 pub const CONN_BUF_SIZE: u32 = 256 * 1024;
 /// Send a credit update once this many bytes were forwarded since the last one.
 pub const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_SIZE / 4;
-/// Connections alive at once, both directions together.
+/// Guest-initiated connections alive at once. Host-initiated ones (with host connections
+/// still sending their CONNECT line) have a cap of their own, [`MAX_HOST_CONNECTIONS`], so
+/// a guest that floods the host with REQUESTs cannot lock the shim out of its agent.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Host-initiated connections alive at once, handshakes included.
+pub const MAX_HOST_CONNECTIONS: usize = 1024;
 /// Control packets (resets) queued for unknown connections; more are dropped.
 pub const MAX_PENDING_RSTS: usize = 256;
 

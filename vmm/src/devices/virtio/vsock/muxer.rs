@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 
 use vmm_sys_util::epoll::EventSet;
 
-use super::connection::{ConnState, Connection};
+use super::connection::{ConnState, Connection, Origin};
 use super::packet::{
     Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
     OP_SHUTDOWN, TYPE_STREAM,
 };
-use super::{VsockError, HOST_CID, MAX_CONNECTIONS, MAX_PENDING_RSTS};
+use super::{VsockError, HOST_CID, MAX_CONNECTIONS, MAX_HOST_CONNECTIONS, MAX_PENDING_RSTS};
 use crate::devices::virtio::EventRegistry;
 
 /// Event token of the listening socket; connection tokens start above it.
@@ -43,6 +43,8 @@ pub struct Muxer {
     guest_cid: u64,
     listener: UnixListener,
     conns: HashMap<Key, Connection>,
+    /// How many of `conns` the guest opened.
+    guest_conns: usize,
     handshakes: HashMap<u32, Handshake>,
     tokens: HashMap<u32, Target>,
     conn_tokens: HashMap<Key, u32>,
@@ -88,6 +90,7 @@ impl Muxer {
             guest_cid,
             listener,
             conns: HashMap::new(),
+            guest_conns: 0,
             handshakes: HashMap::new(),
             tokens: HashMap::new(),
             conn_tokens: HashMap::new(),
@@ -113,6 +116,11 @@ impl Muxer {
 
     pub fn connection_count(&self) -> usize {
         self.conns.len() + self.handshakes.len()
+    }
+
+    /// Connections the host opened, handshakes included.
+    fn host_connection_count(&self) -> usize {
+        self.connection_count() - self.guest_conns
     }
 
     /// Whether a packet may be waiting for the guest.
@@ -203,12 +211,18 @@ impl Muxer {
         self.interest.insert(token, Some(want));
         self.tokens.insert(token, Target::Conn(key));
         self.conn_tokens.insert(key, token);
+        if conn.origin == Origin::Guest {
+            self.guest_conns += 1;
+        }
         self.conns.insert(key, conn);
         self.mark_rx(key);
     }
 
     fn remove_conn(&mut self, key: Key, reg: &mut dyn EventRegistry) {
         if let Some(conn) = self.conns.remove(&key) {
+            if conn.origin == Origin::Guest {
+                self.guest_conns -= 1;
+            }
             let token = self.conn_tokens.get(&key).copied();
             if token.and_then(|t| self.interest.get(&t)) != Some(&None) {
                 reg.remove(conn.stream().as_raw_fd());
@@ -248,7 +262,7 @@ impl Muxer {
                     return;
                 }
             }
-            if self.conns.contains_key(&key) || self.connection_count() >= MAX_CONNECTIONS {
+            if self.conns.contains_key(&key) || self.guest_conns >= MAX_CONNECTIONS {
                 self.reset_for(h);
                 return;
             }
@@ -343,7 +357,7 @@ impl Muxer {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.connection_count() >= MAX_CONNECTIONS
+                    if self.host_connection_count() >= MAX_HOST_CONNECTIONS
                         || stream.set_nonblocking(true).is_err()
                     {
                         continue;
