@@ -775,3 +775,104 @@ fn case_28_agent_binary_overwrite() {
         c.remove_container(ctx(), &container_req(id)).unwrap();
     }
 }
+
+/// Catalogue case 29: masked paths and procfs writes (runc CVE-2025-31133/52565/52881). A
+/// rootfs whose /dev/null is a symlink, a regular file or another device (and no /dev
+/// tmpfs over it) cannot be used to mask: create fails cleanly. A sysctl whose
+/// /proc/sys file is the image's own (no proc mount) is refused, the file untouched.
+#[test]
+fn case_29_masked_paths_and_procfs() {
+    let Some(bb) = can_run_containers() else {
+        return;
+    };
+    let (mut srv, c) = start_server("c29");
+    let root = rootfs(&srv.dir, &bb);
+    std::fs::write(root.join("etc/secret"), "secret\n").unwrap();
+    let masked = |s: &mut serde_json::Value| {
+        s["linux"]["maskedPaths"] = serde_json::json!(["/etc/secret"]);
+    };
+    // The control: a real /dev/null masks the file.
+    let r = run(
+        &c,
+        "mask-ok",
+        &spec_with(&root, &["cat", "/etc/secret"], masked),
+    )
+    .unwrap();
+    assert_eq!((r.status, r.out.as_str()), (0, ""), "{}", r.err);
+
+    // Without the /dev tmpfs the image's own /dev/null is what masking would bind.
+    let no_dev_tmpfs = |s: &mut serde_json::Value| {
+        masked(s);
+        s["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["destination"] != "/dev" && m["destination"] != "/dev/pts");
+    };
+    let base = leftovers(&srv);
+    let null = root.join("dev/null");
+    type Plant = Box<dyn Fn(&Path)>;
+    let plants: Vec<(&str, Plant)> = vec![
+        (
+            "symlink",
+            Box::new(|p| std::os::unix::fs::symlink("/etc/secret", p).unwrap()),
+        ),
+        ("file", Box::new(|p| std::fs::write(p, "").unwrap())),
+        (
+            "zero",
+            Box::new(|p| {
+                let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+                // SAFETY: a valid path; makes a 1:5 character device node.
+                let rc =
+                    unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 5)) };
+                assert_eq!(rc, 0);
+            }),
+        ),
+    ];
+    for (what, plant) in plants {
+        let _ = std::fs::remove_file(&null);
+        plant(&null);
+        let sp = spec_with(&root, &["cat", "/etc/secret"], no_dev_tmpfs);
+        let e = c
+            .create_container(ctx(), &creq_out("mask", &sp))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not the null device"), "{what}: {e}");
+        assert_eq!(leftovers(&srv), base, "{what}");
+    }
+    let _ = std::fs::remove_file(&null);
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/secret")).unwrap(),
+        "secret\n"
+    );
+
+    // A sysctl with no procfs under /proc/sys: the image's file must not be written.
+    let knob = root.join("proc/sys/kernel/domainname");
+    std::fs::create_dir_all(knob.parent().unwrap()).unwrap();
+    std::fs::write(&knob, "image\n").unwrap();
+    let sp = spec_with(&root, &["true"], |s| {
+        s["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["destination"] != "/proc");
+        s["linux"]["sysctl"] = serde_json::json!({"kernel.domainname": "evil"});
+    });
+    let e = c
+        .create_container(ctx(), &creq_out("sysctl", &sp))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not on procfs"), "{e}");
+    assert_eq!(std::fs::read_to_string(&knob).unwrap(), "image\n");
+    assert_eq!(leftovers(&srv), base);
+    // With procfs there, the same sysctl reaches the kernel (the container's UTS namespace).
+    std::fs::remove_dir_all(root.join("proc/sys")).unwrap();
+    let sp = spec_with(
+        &root,
+        &["sh", "-c", "cat /proc/sys/kernel/domainname"],
+        |s| {
+            s["linux"]["sysctl"] = serde_json::json!({"kernel.domainname": "pod.example"});
+        },
+    );
+    let r = run(&c, "sysctl-ok", &sp).unwrap();
+    assert_eq!((r.status, r.out.trim()), (0, "pod.example"), "{}", r.err);
+    assert_alive(&mut srv);
+}

@@ -212,7 +212,7 @@ fn init_until_ready(cfg: &InitConfig, sync: &mut UnixStream) -> Result<(), InitE
     }
     for (k, v) in &cfg.sysctl {
         let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-        std::fs::write(&p, v).map_err(|e| InitError {
+        write_procfs(&p, v).map_err(|e| InitError {
             step: "sysctl",
             msg: format!("{}: {e}", p.display()),
         })?;
@@ -234,6 +234,23 @@ fn init_until_ready(cfg: &InitConfig, sync: &mut UnixStream) -> Result<(), InitE
     }
     apply_rlimits(&cfg.rlimits)?;
     Ok(())
+}
+
+/// Writes a procfs knob, refusing any file that is not on procfs: the path is inside the
+/// container's root, whose image may put a regular file (no proc mount) or a symlink
+/// there, and a write meant for the kernel must never land in the image (runc
+/// CVE-2025-52881 class). The last component is not followed.
+pub fn write_procfs(path: &Path, value: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let fs = nix::sys::statfs::fstatfs(&f)?;
+    if fs.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
+        return Err(std::io::Error::other("not on procfs"));
+    }
+    f.write_all(value.as_bytes())
 }
 
 fn apply_rlimits(rlimits: &[PosixRlimit]) -> Result<(), InitError> {
@@ -445,6 +462,24 @@ pub fn with_home(env: &[String], uid: u32) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn procfs_writes_refuse_other_files() {
+        let d = std::env::temp_dir().join(format!("husk-procfs-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("domainname");
+        std::fs::write(&f, "image\n").unwrap();
+        let e = write_procfs(&f, "evil").unwrap_err();
+        assert!(e.to_string().contains("not on procfs"), "{e}");
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "image\n");
+        // A symlink to a procfs file is not followed either.
+        std::os::unix::fs::symlink("/proc/self/oom_score_adj", d.join("link")).unwrap();
+        assert!(write_procfs(&d.join("link"), "0").is_err());
+        // The real thing is written (this process's own knob, to its current value).
+        let cur = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+        write_procfs(Path::new("/proc/self/oom_score_adj"), cur.trim()).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn home_comes_from_passwd() {
