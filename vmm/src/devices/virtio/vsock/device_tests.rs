@@ -292,7 +292,7 @@ fn bad_connect_lines_are_dropped() {
 }
 
 #[test]
-fn malformed_tx_chains_are_consumed_without_effect() {
+fn case_16_malformed_tx_chains_are_consumed_without_effect() {
     let m = mem();
     let p = sock_path("malformed");
     let mut h = Harness::new(&m, &p);
@@ -323,6 +323,83 @@ fn malformed_tx_chains_are_consumed_without_effect() {
     // A packet for a connection that does not exist gets a reset.
     h.send(guest_hdr(OP_RW, 1, 2, 1), b"x");
     assert_eq!(h.take_rx()[0].0.op, OP_RST);
+
+    // Unknown ops, a datagram, another destination CID, and a len beyond the descriptor
+    // holding the payload: dropped, no connection, no packet back.
+    let before = used(&h.txq).len();
+    for bad in [
+        guest_hdr(0, 1, 2, 0),
+        guest_hdr(8, 1, 2, 0),
+        guest_hdr(u16::MAX, 1, 2, 0),
+        Header {
+            type_: 2,
+            ..guest_hdr(OP_REQUEST, 1, 2, 0)
+        },
+        Header {
+            dst_cid: 3,
+            ..guest_hdr(OP_REQUEST, 1, 2, 0)
+        },
+        Header {
+            dst_cid: u64::MAX,
+            src_cid: u64::MAX,
+            ..guest_hdr(OP_REQUEST, 1, 2, 0)
+        },
+    ] {
+        h.send(bad, &[]);
+    }
+    h.send(guest_hdr(OP_RW, 1, 2, 100), &[7u8; 10]);
+    assert_eq!(used(&h.txq).len(), before + 7);
+    assert_eq!(h.dev.muxer().connection_count(), 0);
+    assert!(h.take_rx().is_empty());
+    let _ = std::fs::remove_file(p);
+}
+
+#[test]
+fn case_16_split_headers_and_wrong_state_packets() {
+    let m = mem();
+    let p = sock_path("split");
+    let port_path = PathBuf::from(format!("{}_5000", p.display()));
+    let _ = std::fs::remove_file(&port_path);
+    let listener = UnixListener::bind(&port_path).unwrap();
+    let mut h = Harness::new(&m, &p);
+    for _ in 0..8 {
+        h.give_rx();
+    }
+    // A header split across three descriptors, the payload in a fourth: read as one
+    // packet (the spec does not tie the header to a descriptor).
+    let req = guest_hdr(OP_REQUEST, 900, 5000, 0).to_bytes();
+    m.write_slice(&req, GuestAddress(TX_BUFS)).unwrap();
+    h.send_raw(&[
+        desc(TX_BUFS, 10, F_NEXT, h.tx_next + 1),
+        desc(TX_BUFS + 10, 30, F_NEXT, h.tx_next + 2),
+        desc(TX_BUFS + 40, 4, 0, 0),
+    ]);
+    assert_eq!(h.take_rx()[0].0.op, OP_RESPONSE);
+    let (mut svc, _) = listener.accept().unwrap();
+    let rw = guest_hdr(OP_RW, 900, 5000, 5).to_bytes();
+    m.write_slice(&rw, GuestAddress(TX_BUFS + 0x1000)).unwrap();
+    m.write_slice(b"split", GuestAddress(TX_BUFS + 0x1100))
+        .unwrap();
+    h.send_raw(&[
+        desc(TX_BUFS + 0x1000, 43, F_NEXT, h.tx_next + 1),
+        desc(TX_BUFS + 0x1000 + 43, 1, F_NEXT, h.tx_next + 2),
+        desc(TX_BUFS + 0x1100, 5, 0, 0),
+    ]);
+    let mut got = [0u8; 5];
+    svc.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"split");
+    // A header cut short by the chain's end: dropped.
+    h.send_raw(&[
+        desc(TX_BUFS, 10, F_NEXT, h.tx_next + 1),
+        desc(TX_BUFS + 10, 30, 0, 0),
+    ]);
+    assert!(h.take_rx().is_empty());
+    assert_eq!(h.dev.muxer().connection_count(), 1);
+    // A RESPONSE on an established connection: it is reset.
+    h.send(guest_hdr(OP_RESPONSE, 900, 5000, 0), &[]);
+    assert_eq!(h.take_rx()[0].0.op, OP_RST);
+    assert_eq!(h.dev.muxer().connection_count(), 0);
+    let _ = std::fs::remove_file(port_path);
     let _ = std::fs::remove_file(p);
 }
 
@@ -532,6 +609,135 @@ fn case_14_connection_flood_is_capped_and_the_host_still_gets_in() {
         Some(OP_RESPONSE)
     );
     drop(host_side);
+    let _ = std::fs::remove_file(svc_path);
+    let _ = std::fs::remove_file(p);
+}
+
+#[test]
+fn case_15_data_flood_to_a_paused_reader_is_bounded_by_credit_and_intact() {
+    use crate::devices::virtio::test_utils::allocated_during;
+    use crate::devices::virtio::vsock::CONN_BUF_SIZE;
+    const TOTAL: usize = 32 << 20;
+    let p = sock_path("dataflood");
+    let svc_path = PathBuf::from(format!("{}_6000", p.display()));
+    let _ = std::fs::remove_file(&svc_path);
+    let listener = UnixListener::bind(&svc_path).unwrap();
+    // The host reader: paused for 300 ms, then 5 ms per MiB; checks the counting sequence.
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0usize;
+        while at < TOTAL {
+            let n = s.read(&mut buf).unwrap();
+            assert_ne!(n, 0, "EOF after {at} bytes");
+            for (i, b) in buf[..n].iter().enumerate() {
+                assert_eq!(*b, ((at + i) % 251) as u8, "byte {} is wrong", at + i);
+            }
+            at += n;
+            if at % (1 << 20) < n {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        at
+    });
+    let mut mux = crate::devices::virtio::vsock::muxer::Muxer::new(&p, 3).unwrap();
+    let mut reg = RecordingRegistry::default();
+    mux.init_events(&mut reg);
+    let mut buf = vec![0u8; 4096];
+    let payload: Vec<u8> = (0..TOTAL + 65536).map(|i| (i % 251) as u8).collect();
+    let (mut peer_buf, mut peer_fwd, mut sent) = (0u32, 0u32, 0usize);
+    let mut max_in_flight = 0u32;
+    let mut resets = 0;
+    let t0 = std::time::Instant::now();
+    let ((), allocated) = allocated_during(|| {
+        mux.from_guest(&guest_hdr(OP_REQUEST, 700, 6000, 0), &[], &mut reg);
+        while sent < TOTAL {
+            let in_flight = (sent as u32).wrapping_sub(peer_fwd);
+            max_in_flight = max_in_flight.max(in_flight);
+            let credit = peer_buf.saturating_sub(in_flight) as usize;
+            if credit > 0 {
+                let n = credit.min(64 << 10).min(TOTAL - sent);
+                let h = guest_hdr(OP_RW, 700, 6000, n as u32);
+                mux.from_guest(&h, &payload[sent..sent + n], &mut reg);
+                sent += n;
+            } else {
+                // Out of credit: the guest waits (asking once) while epoll reports the
+                // host socket writable now and then.
+                mux.from_guest(&guest_hdr(OP_CREDIT_REQUEST, 700, 6000, 0), &[], &mut reg);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                for i in 0..reg.added.len() {
+                    let (_, token, ev) = reg.added[i];
+                    if ev.contains(EventSet::OUT) {
+                        mux.process_event(token, EventSet::OUT, &mut reg);
+                    }
+                }
+            }
+            while let Some((h, _)) = mux.next_rx(&mut buf, &mut reg) {
+                if h.dst_port == 700 {
+                    peer_buf = h.buf_alloc;
+                    peer_fwd = h.fwd_cnt;
+                    resets += usize::from(h.op == OP_RST);
+                }
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(60),
+                "stuck at {sent}"
+            );
+        }
+        // Let the rest reach the host.
+        while mux.connection_count() == 1 && t0.elapsed() < std::time::Duration::from_secs(60) {
+            let watched = reg.added.clone();
+            let mut busy = false;
+            for (_, token, ev) in watched {
+                if ev.contains(EventSet::OUT) {
+                    busy = true;
+                    mux.process_event(token, EventSet::OUT, &mut reg);
+                }
+            }
+            if !busy {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    });
+    assert_eq!(reader.join().unwrap(), TOTAL);
+    assert_eq!(resets, 0);
+    assert!(max_in_flight <= CONN_BUF_SIZE, "{max_in_flight}");
+    // What the vmm allocated while 32 MiB went through: its buffer, not the stream.
+    assert!(
+        allocated < 2 << 20,
+        "{allocated} bytes allocated for a {TOTAL}-byte stream"
+    );
+    eprintln!(
+        "case 15: {} MiB in {:?}, {allocated} bytes allocated, at most {max_in_flight} bytes in flight",
+        TOTAL >> 20,
+        t0.elapsed()
+    );
+
+    // A guest that ignores its credit towards a reader that never reads: reset once it
+    // passes the buffer, and the vmm holds no more than the buffer.
+    let stalled_path = PathBuf::from(format!("{}_6001", p.display()));
+    let _ = std::fs::remove_file(&stalled_path);
+    let stalled = UnixListener::bind(&stalled_path).unwrap();
+    mux.from_guest(&guest_hdr(OP_REQUEST, 701, 6001, 0), &[], &mut reg);
+    let (_held, _) = stalled.accept().unwrap();
+    let ((), allocated) = allocated_during(|| {
+        for i in 0..200 {
+            let h = guest_hdr(OP_RW, 701, 6001, 64 << 10);
+            mux.from_guest(&h, &payload[i << 16..(i + 1) << 16], &mut reg);
+        }
+    });
+    let mut reset = false;
+    while let Some((h, _)) = mux.next_rx(&mut buf, &mut reg) {
+        reset |= h.dst_port == 701 && h.op == OP_RST;
+    }
+    assert!(reset, "12.5 MiB past the credit and no reset");
+    assert!(
+        allocated < 2 << 20,
+        "{allocated} bytes held for a reader that never reads"
+    );
+    let _ = std::fs::remove_file(stalled_path);
     let _ = std::fs::remove_file(svc_path);
     let _ = std::fs::remove_file(p);
 }
