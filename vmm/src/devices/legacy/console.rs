@@ -74,6 +74,15 @@ impl ConsoleBuffer {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Bytes dropped since `reported` (which becomes the current count), if any: what the
+    /// output thread logs, so a gap in the console output is never silent.
+    pub(crate) fn newly_dropped(&self, reported: &mut u64) -> Option<u64> {
+        let now = self.dropped();
+        let new = now.checked_sub(*reported).filter(|n| *n > 0)?;
+        *reported = now;
+        Some(new)
+    }
+
     /// Ends the output thread once everything queued is written.
     pub fn close(&self) {
         if let Ok(mut s) = self.state.lock() {
@@ -129,11 +138,23 @@ pub fn spawn_output(
                     return;
                 }
             }
+            let mut reported = 0;
             while let Some(bytes) = buffer.take() {
+                // Logged here, not on the vCPU thread that dropped them: a log write must
+                // never be what blocks the guest.
+                if let Some(n) = buffer.newly_dropped(&mut reported) {
+                    log::warn!(
+                        "console: {n} bytes of guest output dropped (the reader is behind; \
+                         {reported} in all)"
+                    );
+                }
                 if sink.write_all(&bytes).and_then(|_| sink.flush()).is_err() {
                     // Nowhere to write: keep draining so the guest is not affected.
                     continue;
                 }
+            }
+            if let Some(n) = buffer.newly_dropped(&mut reported) {
+                log::warn!("console: {n} bytes of guest output dropped ({reported} in all)");
             }
         })
 }

@@ -87,6 +87,7 @@ mod tests {
     use super::*;
     use crate::devices::legacy::console::ConsoleBuffer;
     use crate::exit::ExitNotifier;
+    use std::sync::{Arc, Condvar, Mutex};
 
     #[test]
     fn bytes_reach_the_buffer() {
@@ -104,5 +105,95 @@ mod tests {
         assert_eq!(d, [0xff, 0xff]);
         buf.close();
         assert_eq!(buf.dropped(), 0);
+    }
+
+    /// A console reader that is stopped until released, then takes everything.
+    #[derive(Clone, Default)]
+    struct StoppedReader(Arc<(Mutex<(bool, Vec<u8>)>, Condvar)>);
+
+    impl std::io::Write for StoppedReader {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let (m, cv) = &*self.0;
+            let mut g = m.lock().unwrap();
+            while !g.0 {
+                g = cv.wait(g).unwrap();
+            }
+            g.1.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn case_38_console_flood_with_a_stopped_reader() {
+        use crate::devices::legacy::console::{spawn_output, CONSOLE_BUFFER_BYTES};
+        use crate::devices::virtio::test_utils::allocated_during;
+        const FLOOD: usize = 1 << 20;
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let buf = ConsoleBuffer::new(CONSOLE_BUFFER_BYTES);
+        let reader = StoppedReader::default();
+        let out = spawn_output(buf.clone(), Box::new(reader.clone()), false).unwrap();
+        let w = ConsoleWriter::new(buf.clone(), ExitNotifier::new(tx));
+        let mut s = SerialDevice::new(IrqTrigger(EventFd::new(libc::EFD_NONBLOCK).unwrap()), w);
+        // The guest writes 1 MiB (16 buffers' worth) to the transmit register, one byte per port write, lines
+        // of 80 characters, while nobody reads the console.
+        let mut slowest = std::time::Duration::ZERO;
+        let t0 = std::time::Instant::now();
+        let ((), allocated) = allocated_during(|| {
+            for i in 0..FLOOD {
+                let b = if i % 81 == 80 {
+                    b'\n'
+                } else {
+                    b'a' + (i % 26) as u8
+                };
+                let t = std::time::Instant::now();
+                s.write(0, &[b]);
+                slowest = slowest.max(t.elapsed());
+            }
+        });
+        let took = t0.elapsed();
+        // The vCPU never waited on the reader, and its memory did not grow with the flood.
+        assert!(
+            slowest < std::time::Duration::from_millis(100),
+            "{slowest:?}"
+        );
+        assert!(
+            allocated < 1 << 20,
+            "{allocated} bytes allocated by the vCPU side"
+        );
+        let dropped = buf.dropped();
+        assert!(
+            dropped as usize >= FLOOD - 2 * CONSOLE_BUFFER_BYTES,
+            "{dropped}"
+        );
+        // The reader comes back: what was kept arrives, and kept + dropped = written.
+        {
+            let (m, cv) = &*reader.0;
+            m.lock().unwrap().0 = true;
+            cv.notify_all();
+        }
+        buf.close();
+        out.join().unwrap();
+        let got = reader.0 .0.lock().unwrap().1.len();
+        assert_eq!(got as u64 + buf.dropped(), FLOOD as u64);
+        assert!(got <= 2 * CONSOLE_BUFFER_BYTES, "{got}");
+        eprintln!(
+            "case 38: {FLOOD} bytes in {took:?} (slowest write {slowest:?}), {dropped} dropped"
+        );
+    }
+
+    #[test]
+    fn case_38_drops_are_reported_once_each() {
+        let buf = ConsoleBuffer::new(4);
+        let mut reported = 0;
+        assert_eq!(buf.newly_dropped(&mut reported), None);
+        buf.push(b"abcdef");
+        assert_eq!(buf.newly_dropped(&mut reported), Some(2));
+        assert_eq!(buf.newly_dropped(&mut reported), None);
+        buf.push(b"xyz");
+        assert_eq!(buf.newly_dropped(&mut reported), Some(3));
+        assert_eq!(reported, 5);
     }
 }
