@@ -107,9 +107,12 @@ mod tests {
         assert_eq!(buf.dropped(), 0);
     }
 
+    /// Whether the reader runs, and what it read.
+    type ReaderState = Mutex<(bool, Vec<u8>)>;
+
     /// A console reader that is stopped until released, then takes everything.
     #[derive(Clone, Default)]
-    struct StoppedReader(Arc<(Mutex<(bool, Vec<u8>)>, Condvar)>);
+    struct StoppedReader(Arc<(ReaderState, Condvar)>);
 
     impl std::io::Write for StoppedReader {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
