@@ -127,11 +127,14 @@ fn case_24_read_only_volumes_are_read_only_on_the_side_virtiofsd_exports() {
     let root = p.dir.path().join("root");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("etc-passwd"), "root:x:0:0\n").unwrap();
+    let ro_file = p.dir.path().join("ro-file");
+    std::fs::write(&ro_file, "host data\n").unwrap();
     let spec = spec_json(
         &root,
         &[
             ("/ro", &vol, &["rbind", "ro"]),
             ("/rw", &rw, &["rbind", "rw"]),
+            ("/etc/config", &ro_file, &["rbind", "ro"]),
         ],
         true,
     );
@@ -139,7 +142,12 @@ fn case_24_read_only_volumes_are_read_only_on_the_side_virtiofsd_exports() {
     let guest = shared.join("c1");
     // What virtiofsd serves: guest root's writes must fail there (EROFS), on the volume,
     // on the mount inside it, and on the read-only rootfs ...
-    for f in ["mounts/0/f", "mounts/0/sub/g", "rootfs/etc-passwd"] {
+    for f in [
+        "mounts/0/f",
+        "mounts/0/sub/g",
+        "rootfs/etc-passwd",
+        "mounts/2",
+    ] {
         assert_eq!(
             write_error(&guest.join(f)),
             Some(libc::EROFS),
@@ -819,5 +827,127 @@ mod pod {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("guest kernel panic"), "{e}");
+    }
+}
+
+/// A hostile agent on the ttrpc channel: answers every request with `reply(stream id)`.
+/// A reply to the request on one stream.
+type Reply = fn(u32) -> Vec<u8>;
+
+async fn hostile_agent(path: &Path, reply: Reply) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut h = [0u8; 10];
+        if s.read_exact(&mut h).await.is_err() {
+            return;
+        }
+        let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let stream = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        let mut body = vec![0u8; len];
+        if s.read_exact(&mut body).await.is_ok() {
+            // ... and the connection ends there
+            let _ = s.write_all(&reply(stream)).await;
+        }
+    })
+}
+
+fn response_header(len: u32, stream: u32) -> Vec<u8> {
+    let mut h = len.to_be_bytes().to_vec();
+    h.extend_from_slice(&stream.to_be_bytes());
+    h.extend_from_slice(&[2, 0]);
+    h
+}
+
+#[tokio::test]
+async fn case_18_agent_replies_over_the_size_cap_or_garbage_are_errors_not_allocations() {
+    let rss = || -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    let replies: [(&str, Reply); 3] = [
+        // a 4 GiB reply, of which 1 MiB comes
+        ("over the cap", |s| {
+            let mut r = response_header(u32::MAX, s);
+            r.extend(std::iter::repeat_n(0xffu8, 1 << 20));
+            r
+        }),
+        // at the cap, then the connection ends
+        ("truncated at the cap", |s| {
+            let mut r = response_header(4 << 20, s);
+            r.extend_from_slice(&[0xab; 100]);
+            r
+        }),
+        // a frame that is no protobuf
+        ("garbage", |s| {
+            let mut r = response_header(64, s);
+            r.extend_from_slice(&[0xff; 64]);
+            r
+        }),
+    ];
+    for (what, reply) in replies {
+        let d = TempDir::new("hostile-agent");
+        let sock = d.path().join("agent.sock");
+        let server = hostile_agent(&sock, reply).await;
+        let before = rss();
+        let agent = crate::agent_client::TtrpcAgent::new(
+            tokio::net::UnixStream::connect(&sock).await.unwrap(),
+        );
+        use crate::agent::AgentClient;
+        let t = std::time::Instant::now();
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            agent.stats_container("c1"),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the call hung"));
+        assert!(r.is_err(), "{what}: a hostile reply was taken: {r:?}");
+        let grew = rss().saturating_sub(before) / 1024;
+        assert!(grew < 32, "{what}: RSS grew by {grew} MiB");
+        eprintln!(
+            "case 18 {what}: {:?} in {} ms",
+            r.unwrap_err(),
+            t.elapsed().as_millis()
+        );
+        server.abort();
+    }
+}
+
+#[test]
+fn case_23_an_image_with_no_layers_or_a_rootfs_that_is_no_directory_never_mounts_a_device() {
+    require_root!("case 23");
+    let p = RealPod::new("case23");
+    p.share.prepare_pod(&p.pod).unwrap();
+    // No layers: containerd hands over no rootfs mounts and the bundle's rootfs is an
+    // empty directory: it is shared as that (the container then fails in the guest).
+    let empty = p.bundle.join("rootfs");
+    let spec = spec_json(&empty, &[], false);
+    p.share("c1", &spec, &[]).unwrap();
+    assert_eq!(mounts_below(&p.pod.join("mounts/c1")).len(), 1);
+    p.share.unshare(&p.pod, "c1", &p.bundle).unwrap();
+    // A root that is a device node or missing, or a rootfs mount of a block device.
+    for (root, rootfs) in [
+        ("/dev/null", vec![]),
+        ("/nonexistent/rootfs", vec![]),
+        (
+            "rootfs",
+            vec![RootfsMount {
+                kind: "ext4".into(),
+                source: "/dev/vda".into(),
+                options: vec![],
+            }],
+        ),
+    ] {
+        let spec = spec_json(Path::new(root), &[], false);
+        assert!(p.share("c2", &spec, &rootfs).is_err(), "{root} {rootfs:?}");
+        p.share.unshare(&p.pod, "c2", &p.bundle).unwrap();
+        let left = mounts_below(&p.pod.join("mounts"));
+        assert_eq!(left.len(), 1, "only mounts/ itself is left: {left:?}");
+        assert!(mounts_below(&p.bundle).is_empty());
     }
 }
