@@ -1,6 +1,9 @@
 //! /etc/hosts and /etc/resolv.conf of the pod, as the guest writes them.
 
+use std::io::Write;
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use super::NetworkPlan;
 
@@ -33,6 +36,21 @@ pub fn resolv_conf(plan: &NetworkPlan) -> Option<String> {
     Some(s)
 }
 
+/// Writes a guest file the agent owns (/etc/hosts, /etc/resolv.conf) in place, never
+/// through a symlink at its path: containers bind these files, so the inode stays the
+/// same (no rename), and a link planted there is refused rather than followed
+/// (catalogue case 20).
+pub fn write_no_follow(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +70,32 @@ mod tests {
             dns: vec!["10.88.77.1".parse().expect("ip")],
             dns_search: vec!["example.test".into()],
         }
+    }
+
+    #[test]
+    fn case_20_etc_files_are_not_written_through_symlinks() {
+        let d = std::env::temp_dir().join(format!("husk-etc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("dir");
+        let target = d.join("outside");
+        std::fs::write(&target, "keep\n").expect("w");
+        for link in ["hosts", "resolv.conf"] {
+            std::os::unix::fs::symlink(&target, d.join(link)).expect("link");
+            assert!(write_no_follow(&d.join(link), "evil\n").is_err(), "{link}");
+        }
+        // A relative link out of the directory is refused the same way.
+        std::os::unix::fs::symlink("../../../../etc/passwd", d.join("up")).expect("link");
+        assert!(write_no_follow(&d.join("up"), "evil\n").is_err());
+        assert_eq!(std::fs::read_to_string(&target).expect("r"), "keep\n");
+        // A regular file is rewritten in place (same inode: bind mounts of it see it).
+        let f = d.join("plain");
+        std::fs::write(&f, "old old old\n").expect("w");
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&f).expect("m"));
+        write_no_follow(&f, "new\n").expect("write");
+        assert_eq!(std::fs::read_to_string(&f).expect("r"), "new\n");
+        let ino2 = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&f).expect("m"));
+        assert_eq!(ino, ino2);
+        std::fs::remove_dir_all(&d).expect("rm");
     }
 
     #[test]

@@ -190,7 +190,7 @@ fn apply_iface(rtnl: &mut Rtnl, index: u32, i: &IfacePlan) -> Result<(), NetErro
 }
 
 fn write(path: &Path, text: &str) -> Result<(), NetError> {
-    std::fs::write(path, text).map_err(|e| NetError::File {
+    super::files::write_no_follow(path, text).map_err(|e| NetError::File {
         path: path.display().to_string(),
         msg: e.to_string(),
     })

@@ -61,7 +61,7 @@ pub fn create_sandbox(o: &Options, r: &CreateSandboxRequest) -> Result<(), CoreE
     super::entropy::add_and_reseed(&r.entropy).map_err(|e| CoreError::State(e.to_string()))?;
     if !r.dns.is_empty() {
         let text: String = r.dns.iter().map(|d| format!("nameserver {d}\n")).collect();
-        std::fs::write("/etc/resolv.conf", text)
+        crate::net::files::write_no_follow(std::path::Path::new("/etc/resolv.conf"), &text)
             .map_err(|e| state("resolv.conf", e.to_string()))?;
     }
     if !r.shared_fs_tag.is_empty() {
