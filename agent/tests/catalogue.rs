@@ -876,3 +876,222 @@ fn case_29_masked_paths_and_procfs() {
     assert_eq!((r.status, r.out.trim()), (0, "pod.example"), "{}", r.err);
     assert_alive(&mut srv);
 }
+
+/// Swaps `a` and `b` (a directory and a symlink) with renameat2(RENAME_EXCHANGE) until
+/// `stop`; returns how many swaps it made.
+fn exchanger(
+    a: PathBuf,
+    b: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let ca = std::ffi::CString::new(a.as_os_str().as_encoded_bytes()).unwrap();
+        let cb = std::ffi::CString::new(b.as_os_str().as_encoded_bytes()).unwrap();
+        let mut n = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: valid NUL-terminated paths; renameat2 only renames.
+            let rc = unsafe {
+                libc::renameat2(
+                    libc::AT_FDCWD,
+                    ca.as_ptr(),
+                    libc::AT_FDCWD,
+                    cb.as_ptr(),
+                    libc::RENAME_EXCHANGE,
+                )
+            };
+            assert_eq!(rc, 0, "renameat2: {}", std::io::Error::last_os_error());
+            n += 1;
+        }
+        n
+    })
+}
+
+/// A volume whose `d` is a directory and `l` a symlink to `target` (absolute, outside).
+fn racing_volume(dir: &Path, target: &Path) -> PathBuf {
+    let vol = dir.join("vol");
+    std::fs::create_dir_all(vol.join("d")).unwrap();
+    std::os::unix::fs::symlink(target, vol.join("l")).unwrap();
+    std::fs::create_dir_all(target).unwrap();
+    vol
+}
+
+fn iterations(default: usize) -> usize {
+    std::env::var("HUSK_CASE26_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Catalogue case 26, the primitive: every mount destination is resolved by
+/// `paths::open_in_root`. 10,000 resolutions of a nested destination inside a directory
+/// that another thread keeps exchanging with a symlink to an absolute path outside the
+/// root: each one names a place inside the root, and nothing is created outside.
+#[test]
+fn case_26_symlink_exchange_race_resolution() {
+    use husk_agent::engine::{paths, syscall::Create};
+    use std::os::fd::AsRawFd;
+    let dir = std::env::temp_dir().join(format!("husk-c26r-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let root = dir.join("rootfs");
+    let outside = dir.join("outside");
+    racing_volume(&root, &outside);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = exchanger(root.join("vol/d"), root.join("vol/l"), stop.clone());
+    let n = iterations(10_000).max(10_000);
+    let t = Instant::now();
+    for i in 0..n {
+        let dest = format!("/vol/d/inner{}", i % 16);
+        // Err: a component swapped between the create and the open: refused, fine.
+        if let Ok(fd) = paths::open_in_root(&root, Path::new(&dest), Create::Dir) {
+            let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+            assert!(
+                real.starts_with(&root),
+                "{dest} resolved to {}",
+                real.display()
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    let escaped: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(escaped.is_empty(), "created outside the root: {escaped:?}");
+    eprintln!(
+        "case 26 (resolution): {n} resolutions, {swaps} exchanges, {:?}",
+        t.elapsed()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Catalogue case 26 (CVE-2021-30465): a shared volume in which a directory and a symlink
+/// to an absolute host path are exchanged (renameat2 RENAME_EXCHANGE) in a tight loop,
+/// while a container is created, again and again, with the volume at /vol and a tmpfs at
+/// the nested destination /vol/d/inner. The swapping runs in this process on the volume's
+/// directory, not in a second container: busybox has no renameat2, and the inodes are the
+/// ones a container sees through its bind mount. Every time, the tmpfs is in the new
+/// container's mountinfo (it landed inside its root: a mount outside would have gone with
+/// the old root) or the create was refused, and nothing appears at the host path. 150
+/// creations here; HUSK_CASE26_ITERATIONS=10000 for the soak run.
+#[test]
+fn case_26_symlink_exchange_race_on_mount_destinations() {
+    let Some(bb) = can_run_containers() else {
+        return;
+    };
+    let (srv, c) = start_server("c26");
+    let root = rootfs(&srv.dir, &bb);
+    let outside = srv.dir.join("outside");
+    let vol = racing_volume(&srv.dir, &outside);
+    let vol_mount = serde_json::json!({"destination": "/vol", "type": "bind",
+                                       "source": vol, "options": ["rbind", "rw"]});
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = exchanger(vol.join("d"), vol.join("l"), stop.clone());
+    let sp = spec_with(&root, &["true"], |s| {
+        let m = s["mounts"].as_array_mut().unwrap();
+        m.push(vol_mount.clone());
+        m.push(
+            serde_json::json!({"destination": "/vol/d/inner", "type": "tmpfs", "source": "tmpfs"}),
+        );
+    });
+    let n = iterations(150);
+    let t = Instant::now();
+    let mut landed = std::collections::BTreeMap::<String, usize>::new();
+    let mut refused = 0;
+    for i in 0..n {
+        let id = format!("r{i}");
+        if c.create_container(ctx(), &creq_out(&id, &sp)).is_err() {
+            refused += 1; // a component swapped mid-resolution: refused, fine
+            continue;
+        }
+        let pid = c.list_processes(ctx(), &container_req(&id)).unwrap().pids[0];
+        let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let tmpfs: Vec<&str> = mi
+            .lines()
+            .filter(|l| l.contains(" - tmpfs ") && l.contains("/inner "))
+            .map(|l| l.split(' ').nth(4).unwrap())
+            .collect();
+        assert_eq!(
+            tmpfs.len(),
+            1,
+            "iteration {i}: the nested tmpfs is not inside the root:\n{mi}"
+        );
+        *landed.entry(tmpfs[0].to_string()).or_default() += 1;
+        c.remove_container(ctx(), &container_req(&id)).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    let escaped: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(escaped.is_empty(), "created at the host path: {escaped:?}");
+    eprintln!(
+        "case 26: {n} creations in {:?} ({refused} refused mid-swap), {swaps} exchanges; tmpfs landed at {landed:?}",
+        t.elapsed()
+    );
+}
+
+/// Catalogue case 20 (mount destinations; the /etc files are unit-tested in
+/// `net::files`): CreateContainer mounts whose destinations go through an absolute
+/// symlink, a `..` symlink, a symlink to a host path and a `..` destination all land
+/// inside the container's root, and nothing is created on the host.
+#[test]
+fn case_20_mount_destinations_through_symlinks_stay_in_root() {
+    let Some(bb) = can_run_containers() else {
+        return;
+    };
+    let (srv, c) = start_server("c20");
+    let root = rootfs(&srv.dir, &bb);
+    let host = srv.dir.join("hostdir");
+    std::fs::create_dir_all(&host).unwrap();
+    let vol = srv.dir.join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("f"), "vol\n").unwrap();
+    std::os::unix::fs::symlink("/", root.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../../../../..", root.join("up")).unwrap();
+    std::os::unix::fs::symlink(&host, root.join("hostlink")).unwrap();
+    let bind = |dest: &str| serde_json::json!({"destination": dest, "type": "bind", "source": vol, "options": ["rbind", "ro"]});
+    let script = "cat /m1/f /m2/f; grep -c ' /m4 ' /proc/self/mountinfo";
+    let sp = spec_with(&root, &["sh", "-c", script], |s| {
+        let m = s["mounts"].as_array_mut().unwrap();
+        m.push(bind("/abs/m1"));
+        m.push(bind("/up/m2"));
+        m.push(
+            serde_json::json!({"destination": "/../../../m4", "type": "tmpfs", "source": "tmpfs"}),
+        );
+    });
+    let r = run(&c, "c20", &sp).unwrap();
+    assert_eq!(
+        (r.status, r.out.as_str()),
+        (0, "vol\nvol\n1\n"),
+        "{}",
+        r.err
+    );
+    assert!(root.join("m1/f").exists() || root.join("m1").is_dir());
+    // A link to a host path names that path inside the root, where it does not exist:
+    // refused (the link dangles there), never followed to the host's directory.
+    let base = leftovers(&srv);
+    let sp = spec_with(&root, &["true"], |s| {
+        s["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(bind("/hostlink/m3"));
+    });
+    let e = c
+        .create_container(ctx(), &creq_out("c20h", &sp))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("hostlink"), "{e}");
+    assert_eq!(leftovers(&srv), base);
+    for d in ["m1", "m2", "m3", "m4"] {
+        assert!(!Path::new("/").join(d).exists(), "/{d} made on the host");
+    }
+    assert_eq!(
+        std::fs::read_dir(&host).unwrap().count(),
+        0,
+        "made in the host dir"
+    );
+}
