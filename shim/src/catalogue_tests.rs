@@ -951,3 +951,48 @@ fn case_23_an_image_with_no_layers_or_a_rootfs_that_is_no_directory_never_mounts
         assert!(mounts_below(&p.bundle).is_empty());
     }
 }
+
+#[test]
+fn case_18_what_the_guest_can_write_in_the_share_never_steers_the_host() {
+    require_root!("case 18");
+    let p = RealPod::new("case18");
+    let v = victim(p.dir.path());
+    let shared = p.share.prepare_pod(&p.pod).unwrap();
+    let root = p.dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let vol = p.dir.path().join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    let spec = spec_json(&root, &[("/v", &vol, &["rbind"])], false);
+    p.share("c1", &spec, &[]).unwrap();
+    let guest = shared.join("c1");
+    // Guest root, through virtiofsd, can write below a read-write rootfs or volume but
+    // cannot create, replace or remove anything at the levels the host walks.
+    for (at, what) in [
+        (shared.join("c2"), "a container dir of its own"),
+        (guest.join("mounts/1"), "a mount index"),
+        (guest.join("evil"), "an entry beside rootfs"),
+    ] {
+        let e = std::os::unix::fs::symlink(&v, &at).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}");
+    }
+    assert_eq!(
+        std::fs::remove_dir(guest.join("rootfs"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EROFS)
+    );
+    // What it may write (symlinks and files in its rootfs and volume, named like the
+    // host's own entries) is never followed when the pod goes.
+    for dir in [guest.join("rootfs"), guest.join("mounts/0")] {
+        std::os::unix::fs::symlink(&v, dir.join("mounts")).unwrap();
+        std::os::unix::fs::symlink(v.join("shadow"), dir.join("0")).unwrap();
+        std::os::unix::fs::symlink(&v, dir.join("rootfs")).unwrap();
+    }
+    p.share.unshare(&p.pod, "c1", &p.bundle).unwrap();
+    p.share.cleanup_pod(&p.pod).unwrap();
+    victim_untouched(&v);
+    assert!(mounts_below(&p.pod).is_empty());
+    // the guest's files stayed in the guest's rootfs, the volume's in the volume
+    assert!(std::fs::symlink_metadata(root.join("mounts")).is_ok());
+    assert!(std::fs::symlink_metadata(vol.join("0")).is_ok());
+}

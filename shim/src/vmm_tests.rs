@@ -749,3 +749,22 @@ async fn case_47_a_failure_after_the_vmm_is_spawned_reaps_every_pid_and_leaves_n
         assert_eq!(*share.calls.lock().unwrap(), ["prepare_pod", "cleanup_pod"]);
     }
 }
+
+#[tokio::test]
+async fn case_43_a_vmm_killed_with_sigkill_ends_the_vm_and_its_virtiofsd_is_reaped() {
+    let (_d, vmm, req) = setup(FAKE_VMM, FAKE_VIRTIOFSD);
+    let vm = vmm.launch(&req).await.unwrap();
+    let (pid, fsd) = (
+        recorded_pid(&req.pod_dir, VMM_PID_FILE),
+        recorded_pid(&req.pod_dir, VIRTIOFSD_PID_FILE),
+    );
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), vm.process.exited())
+        .await
+        .unwrap();
+    assert_eq!(exit.description, "was killed by signal 9");
+    assert_eq!(exit.code, None);
+    // what the pod's watcher does next (service.rs): stop() reaps the helpers
+    vm.process.stop().await;
+    assert!(gone(pid) && gone(fsd), "vmm and virtiofsd reaped");
+}
