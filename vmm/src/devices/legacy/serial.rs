@@ -157,11 +157,11 @@ mod tests {
             }
         });
         let took = t0.elapsed();
-        // The vCPU never waited on the reader, and its memory did not grow with the flood.
-        assert!(
-            slowest < std::time::Duration::from_millis(100),
-            "{slowest:?}"
-        );
+        // The vCPU never waited on the reader (which is released only below: had a write
+        // waited for it, the loop would never have ended), and its memory did not grow
+        // with the flood. The slowest write is bounded loosely: scheduling noise on a
+        // loaded host, not the reader.
+        assert!(slowest < std::time::Duration::from_secs(2), "{slowest:?}");
         assert!(
             allocated < 1 << 20,
             "{allocated} bytes allocated by the vCPU side"
