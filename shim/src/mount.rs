@@ -389,9 +389,14 @@ impl<M: MountOps> RootfsShare for MountShare<M> {
         let mounts = dir.join("mounts");
         // Only the shim's own directories are walked: if one of them is not a real
         // directory (a symlink to elsewhere), nothing below it is unmounted or removed.
-        let ours = [pod_dir.join("mounts"), dir.clone(), mounts.clone()]
-            .iter()
-            .all(|d| self.ops.is_real_dir(d));
+        let ours = [
+            pod_dir.to_path_buf(),
+            pod_dir.join("mounts"),
+            dir.clone(),
+            mounts.clone(),
+        ]
+        .iter()
+        .all(|d| self.ops.is_real_dir(d));
         if ours {
             if let Ok(entries) = std::fs::read_dir(&mounts) {
                 for e in entries.flatten() {

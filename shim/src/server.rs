@@ -218,7 +218,12 @@ pub fn delete_with(flags: &Flags, cfg: &Config) -> Result<DeleteResponse, BootEr
             let role = PodRole::checked(&flags.id, &spec)?;
             let pod_dir = cfg.state_dir.join(role.pod_id());
             share.unshare(&pod_dir, &flags.id, &bundle)?;
-            if role.boots_vm() {
+            if let Err(e) = crate::poddir::check_dir(&pod_dir) {
+                // Not the directory a shim made (a symlink to elsewhere, or gone): none
+                // of its pid files, mounts or files are ours to act on.
+                log::warn!("pod {}: {e}", role.pod_id());
+                crate::poddir::remove(&pod_dir);
+            } else if role.boots_vm() {
                 for f in [VMM_PID_FILE, VIRTIOFSD_PID_FILE] {
                     pidfile::kill_recorded(&pod_dir.join(f));
                 }

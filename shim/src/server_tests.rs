@@ -185,6 +185,63 @@ fn delete_after_kill_9_kills_the_vmm_and_cleans_up() {
     delete_with(&flags, &cfg).unwrap();
 }
 
+#[test]
+fn case_33_delete_after_kill_9_never_acts_through_a_symlinked_pod_dir() {
+    let d = TempDir::new("delete33");
+    let cfg = Config {
+        state_dir: d.path().join("state"),
+        ..Config::default()
+    };
+    let bundle = d.path().join("c1");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), "{}").unwrap();
+    // /etc stand-in, with a live process's pid file and files named like the pod's
+    let etc = d.path().join("etc");
+    std::fs::create_dir_all(etc.join("mounts/c1/mounts")).unwrap();
+    std::fs::write(etc.join("mounts/c1/mounts/0"), "x").unwrap();
+    std::fs::write(etc.join("shadow"), "root:secret").unwrap();
+    std::fs::write(etc.join("ram"), "x").unwrap();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    pidfile::record(&etc.join(VMM_PID_FILE), sleeper.id()).unwrap();
+    std::fs::create_dir_all(&cfg.state_dir).unwrap();
+    std::os::unix::fs::symlink(&etc, cfg.state_dir.join("c1")).unwrap();
+    let flags = Flags {
+        id: "c1".into(),
+        bundle: bundle.display().to_string(),
+        ..Default::default()
+    };
+    delete_with(&flags, &cfg).unwrap();
+    for f in ["shadow", "ram", VMM_PID_FILE, "mounts/c1/mounts/0"] {
+        assert!(etc.join(f).exists(), "{f} was removed through the link");
+    }
+    assert!(
+        sleeper.try_wait().unwrap().is_none(),
+        "a pid file found through the link was acted on"
+    );
+    assert!(
+        std::fs::symlink_metadata(cfg.state_dir.join("c1")).is_err(),
+        "the link goes"
+    );
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    // an id that would name another directory is refused outright
+    let sneaky = Flags {
+        id: "c1".into(),
+        bundle: bundle.display().to_string(),
+        ..Default::default()
+    };
+    std::fs::write(
+        bundle.join("config.json"),
+        r#"{"annotations":{"io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-id":"../etc"}}"#,
+    )
+    .unwrap();
+    assert!(delete_with(&sneaky, &cfg).is_err());
+    assert!(etc.join("shadow").exists());
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
