@@ -1095,3 +1095,177 @@ fn case_20_mount_destinations_through_symlinks_stay_in_root() {
         "made in the host dir"
     );
 }
+
+/// Each of these device nodes made with mknod in /tmp, then opened for reading: prints
+/// `<name> ok` or `<name> denied`.
+const DEVICE_PROBE: &str = r#"for d in "blk b 254 0" "mem c 1 1" "fuse c 10 229" "null2 c 1 3"; do
+  set -- $d; mknod /tmp/$1 $2 $3 $4 || echo "$1 mknod-failed"
+  if (exec 3< /tmp/$1) 2>/dev/null; then echo "$1 ok"; else echo "$1 denied"; fi
+done"#;
+
+fn device_probe_spec(root: &Path) -> Vec<u8> {
+    let caps = serde_json::json!(["CAP_MKNOD", "CAP_DAC_OVERRIDE"]);
+    spec_with(root, &["sh", "-c", DEVICE_PROBE], |s| {
+        s["process"]["capabilities"] = serde_json::json!({"bounding": caps, "effective": caps,
+            "permitted": caps, "inheritable": caps, "ambient": caps});
+        s["process"]["noNewPrivileges"] = false.into();
+        // A tmpfs that allows device nodes, so only the device cgroup stands in the way.
+        s["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["mode=1777"]}));
+    })
+}
+
+/// Catalogue case 25 (a): a container with CAP_MKNOD makes device nodes that are not in
+/// its allowed list (a block device: 254:0, the first virtio disk; /dev/mem; /dev/fuse) and
+/// opens them: denied by the device cgroup (agent/src/engine/devices.rs, an eBPF program on
+/// the container's cgroup2 directory); /dev/null's 1:3 still opens. The same container
+/// without a cgroup (the control) opens /dev/fuse, so the cgroup is what denies it. Runs where
+/// cgroup2 is mounted, alone or as the hybrid layout's `unified` (the agent then runs in a
+/// mount namespace of its own with that hierarchy at /sys/fs/cgroup).
+/// (b) and (c) do not apply as tests here: the guest root is an initramfs unpacked into
+/// guest RAM from a cpio the vmm reads with a read-only open on the host; there is no root
+/// block device or pmem/DAX range to write to, and nothing is written back.
+#[test]
+fn case_25_mknod_devices_denied_by_device_cgroup() {
+    let Some(bb) = can_run_containers() else {
+        return;
+    };
+    let Some(cg) = cgroup2_mount() else {
+        eprintln!("SKIP case 25: no cgroup2 hierarchy on this host");
+        return;
+    };
+    let subtree = std::fs::read_to_string(cg.join("cgroup.subtree_control")).unwrap();
+    let had_husk = cg.join("husk").exists();
+    let (srv, c) = start_server_with("c25", Launch::Cgroup2);
+    let root = rootfs(&srv.dir, &bb);
+    let r = run(&c, "c25", &device_probe_spec(&root)).unwrap();
+    drop(srv);
+    assert!(
+        !cg.join("husk/c25").exists(),
+        "the container's cgroup is left"
+    );
+    if cg != Path::new("/sys/fs/cgroup") && subtree.trim().is_empty() && !had_husk {
+        // The agent made husk/ and enabled the hierarchy's controllers; put both back.
+        let _ = std::fs::remove_dir(cg.join("husk"));
+        for ctl in std::fs::read_to_string(cg.join("cgroup.subtree_control"))
+            .unwrap()
+            .split_whitespace()
+        {
+            let _ = std::fs::write(cg.join("cgroup.subtree_control"), format!("-{ctl}"));
+        }
+    }
+    let want = "blk denied\nmem denied\nfuse denied\nnull2 ok\n";
+    assert_eq!((r.status, r.out.as_str()), (0, want), "{}", r.err);
+    assert!(
+        !cg.join("husk/c25").exists(),
+        "the container's cgroup is left"
+    );
+
+    // The control: no cgroup, no device program: /dev/kmsg opens.
+    let (srv, c) = start_server("c25-control");
+    let root = rootfs(&srv.dir, &bb);
+    let r = run(&c, "c25ctl", &device_probe_spec(&root)).unwrap();
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        return; // cgroup2 at /sys/fs/cgroup: the control has a cgroup too
+    }
+    assert!(r.out.contains("fuse ok\nnull2 ok"), "control: {}", r.out);
+    eprintln!("case 25: control without a cgroup: {:?}", r.out);
+}
+
+/// Catalogue case 36: a fork bomb in a container with a pids limit of 64. The limit holds
+/// (pids.current never above it), the agent answers Check within 2 s throughout, and after
+/// the kill the container's cgroup is empty and removed. Needs the pids controller in
+/// cgroup2 at /sys/fs/cgroup (the nested test host); SKIP elsewhere.
+#[test]
+fn case_36_fork_bomb_with_pids_limit() {
+    let Some(bb) = can_run_containers() else {
+        return;
+    };
+    if !cgroup2_has("pids") {
+        eprintln!("SKIP case 36: no pids controller in cgroup2 at /sys/fs/cgroup (run it in the nested test host)");
+        return;
+    }
+    let (mut srv, c) = start_server("c36");
+    let root = rootfs(&srv.dir, &bb);
+    let sp = spec_with(&root, &["sh", "-c", "b() { b | b & }; b; sleep 100"], |s| {
+        s["linux"]["resources"] = serde_json::json!({"pids": {"limit": 64}});
+    });
+    c.create_container(ctx(), &creq_out("c36", &sp)).unwrap();
+    c.start_container(ctx(), &container_req("c36")).unwrap();
+    let t = Instant::now();
+    let mut peak = 0;
+    while t.elapsed() < Duration::from_secs(3) {
+        assert!(
+            answers_check(&srv, Duration::from_secs(2)),
+            "no Check answer during the bomb"
+        );
+        let st = c.stats_container(ctx(), &container_req("c36")).unwrap();
+        assert_eq!(st.pids_limit, 64);
+        peak = peak.max(st.pids_current);
+        assert!(st.pids_current <= 64, "pids.current {}", st.pids_current);
+    }
+    assert!(peak > 32, "the bomb never forked (peak {peak})");
+    // Freeze, kill everything, thaw: nothing forks between the listing and the kill.
+    c.pause_container(ctx(), &container_req("c36")).unwrap();
+    let mut sig = SignalProcessRequest::new();
+    sig.container_id = "c36".into();
+    sig.signal = 9;
+    sig.all = true;
+    c.signal_process(ctx(), &sig).unwrap();
+    c.resume_container(ctx(), &container_req("c36")).unwrap();
+    assert_eq!(
+        c.wait_process(ctx(), &proc_req("c36", "")).unwrap().status,
+        137
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c
+        .list_processes(ctx(), &container_req("c36"))
+        .unwrap()
+        .pids
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "processes left in the cgroup");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.remove_container(ctx(), &container_req("c36")).unwrap();
+    assert!(
+        !Path::new("/sys/fs/cgroup/husk/c36").exists(),
+        "cgroup left"
+    );
+    assert_alive(&mut srv);
+    assert!(answers_check(&srv, Duration::from_secs(2)));
+    eprintln!("case 36: pids peak {peak} of 64");
+}
+
+/// Catalogue case 37 (agent part): a container allocating past its 32 MiB memory limit
+/// (no swap) is OOM-killed; GetOomEvent reports its id and the agent keeps serving. Needs
+/// the memory controller in cgroup2 at /sys/fs/cgroup (the nested test host); SKIP
+/// elsewhere.
+#[test]
+fn case_37_oom_reported_through_the_api() {
+    let Some(bb) = can_run_containers() else {
+        return;
+    };
+    if !cgroup2_has("memory") {
+        eprintln!("SKIP case 37: no memory controller in cgroup2 at /sys/fs/cgroup (run it in the nested test host)");
+        return;
+    }
+    let (mut srv, c) = start_server("c37");
+    let root = rootfs(&srv.dir, &bb);
+    std::os::unix::fs::symlink("busybox", root.join("bin/tail")).unwrap();
+    let sp = spec_with(&root, &["tail", "/dev/zero"], |s| {
+        s["linux"]["resources"] =
+            serde_json::json!({"memory": {"limit": 32 << 20, "swap": 32 << 20}});
+    });
+    c.create_container(ctx(), &creq_out("c37", &sp)).unwrap();
+    c.start_container(ctx(), &container_req("c37")).unwrap();
+    let oom = connect(&srv).get_oom_event(ctx(), &Empty::new()).unwrap();
+    assert_eq!(oom.container_id, "c37");
+    assert_eq!(
+        c.wait_process(ctx(), &proc_req("c37", "")).unwrap().status,
+        137
+    );
+    c.remove_container(ctx(), &container_req("c37")).unwrap();
+    assert_alive(&mut srv);
+    assert!(answers_check(&srv, Duration::from_secs(2)));
+}
