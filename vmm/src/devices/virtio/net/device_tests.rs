@@ -336,3 +336,106 @@ fn tx_offloads_need_the_features() {
     assert!(peer.recv(&mut got).is_err());
     assert_eq!(used(&txq), vec![(0, 0)]);
 }
+
+#[test]
+fn case_39_rx_flood_with_a_guest_that_stops_refilling() {
+    let m = mem();
+    let (a, peer) = UnixDatagram::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let mut n = Net::with_tap(
+        File::from(OwnedFd::from(a)),
+        [2, 0, 0, 0, 0, 1],
+        Box::new(Offloads::default()),
+    );
+    let rxq = MockSplitQueue::create(&m, GuestAddress(0), 256);
+    let txq = MockSplitQueue::create(&m, GuestAddress(0x8000), 16);
+    let mut reg = RecordingRegistry::default();
+    n.init_events(&mut reg);
+    n.activate(
+        Activation {
+            mem: m.clone(),
+            queues: vec![rxq.create_queue().unwrap(), txq.create_queue().unwrap()],
+            queue_evts: Vec::new(),
+            interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+            acked_features: 0,
+        },
+        &mut reg,
+    )
+    .unwrap();
+    let tap_interest =
+        |reg: &RecordingRegistry| reg.added.iter().find(|a| a.1 == TOKEN_TAP).unwrap().2;
+    // The network floods: as many frames as the socket takes (UDP: no backoff).
+    let mut sent = 0u32;
+    loop {
+        let mut f = vec![0u8; HDR_LEN];
+        f.extend_from_slice(&sent.to_le_bytes());
+        f.extend_from_slice(&[0x55; 200]);
+        if peer.send(&f).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    assert!(sent > 40, "only {sent} frames fit the socket");
+    let mut posted = 0u16;
+    let mut post = |k: u16| {
+        for _ in 0..k {
+            let addr = RX_BUFS + u64::from(posted) * 0x800;
+            rxq.add_desc_chains(&[desc(addr, 0x800, F_WRITE, 0)], posted)
+                .unwrap();
+            posted += 1;
+        }
+    };
+    let mut seen = Vec::new();
+    let mut read_used = |from: usize| -> usize {
+        let u = used(&rxq);
+        for &(id, len) in &u[from..] {
+            assert_eq!(len as usize, HDR_LEN + 4 + 200);
+            let mut s = [0u8; 4];
+            m.read_slice(
+                &mut s,
+                GuestAddress(RX_BUFS + u64::from(id) * 0x800 + HDR_LEN as u64),
+            )
+            .unwrap();
+            seen.push(u32::from_le_bytes(s));
+        }
+        u.len()
+    };
+    post(8);
+    // epoll reports the tap: 8 frames go in, then RX buffers run out.
+    n.process_event(TOKEN_TAP, EventSet::IN, &mut reg);
+    let mut done = read_used(0);
+    assert_eq!(done, 8);
+    for round in 1..20 {
+        // No busy loop: the tap is no longer watched, and events that still come
+        // (already queued in epoll) read nothing and deliver nothing.
+        assert_eq!(tap_interest(&reg), EventSet::empty(), "round {round}");
+        for _ in 0..100 {
+            n.process_event(TOKEN_TAP, EventSet::IN, &mut reg);
+        }
+        assert_eq!(read_used(done), done, "round {round}");
+        // The guest stopped refilling for a while; then it posts buffers and kicks:
+        // the flood goes on into them.
+        post(8);
+        n.queue_notify(RXQ, &mut reg);
+        done = read_used(done);
+        assert_eq!(done, 8 * (round + 1), "round {round}");
+    }
+    // The guest catches up: everything still queued arrives and the tap is watched again.
+    post(256 - posted_count(&rxq));
+    n.queue_notify(RXQ, &mut reg);
+    done = read_used(done);
+    assert_eq!(done, sent.min(256) as usize);
+    if sent < 256 {
+        assert_eq!(tap_interest(&reg), EventSet::IN);
+    }
+    // Traffic resumed every time, in order, nothing twice.
+    assert_eq!(seen.len(), done);
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
+    assert_eq!(seen[0], 0);
+}
+
+/// Chains posted on `q` so far (its avail index).
+fn posted_count(q: &MockSplitQueue<'_, GuestMemory>) -> u16 {
+    q.avail().idx().load()
+}
