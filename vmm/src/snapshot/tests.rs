@@ -122,3 +122,38 @@ fn state_files_of_another_version_or_malformed_are_refused() {
     let e = Snapshot::read(dir.path()).unwrap_err();
     assert!(e.to_string().contains("format version 999"), "{e}");
 }
+
+#[test]
+fn case_40_snapshots_into_a_full_or_read_only_directory_fail_cleanly() {
+    use crate::devices::virtio::test_utils::Tmpfs;
+    let mem = crate::memory::create(16 << 20, None).unwrap();
+    mem.write_slice(&[9u8; 4 << 20], GuestAddress(1 << 20))
+        .unwrap();
+    // 1 MiB of room for 4 MiB of guest RAM.
+    let Some(full) = Tmpfs::mount("snap-full", 1 << 20, false) else {
+        return;
+    };
+    let e = ram::save(&mem, &full.path().join(RAM_FILE)).unwrap_err();
+    assert!(e.to_string().contains("No space left"), "{e}");
+    // The error names what failed; nothing panicked and the directory is still usable.
+    std::fs::remove_file(full.path().join(RAM_FILE)).unwrap();
+    std::fs::write(full.path().join("after"), b"ok").unwrap();
+
+    let Some(ro) = Tmpfs::mount("snap-ro", 1 << 20, true) else {
+        return;
+    };
+    let e = ram::save(&mem, &ro.path().join(RAM_FILE)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SnapshotError::Io {
+                what: "creating",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("Read-only file system"), "{e}");
+    let e = Snapshot::read(ro.path()).unwrap_err();
+    assert!(matches!(e, SnapshotError::Io { .. }), "{e}");
+}

@@ -266,3 +266,54 @@ fn allocations_are_counted_per_thread() {
     assert!(n < 1 << 20, "another thread's allocation counted: {n}");
     drop(v);
 }
+
+/// A tmpfs of `size` bytes mounted on a fresh directory, unmounted and removed on drop.
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None`, after saying why, where this host cannot mount one (tests needing a full
+    /// file system then skip: they need root).
+    pub fn mount(name: &str, size: u64, read_only: bool) -> Option<Tmpfs> {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::env::temp_dir().join(format!("husk-tmpfs-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let target = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let data = std::ffi::CString::new(format!("size={size},mode=0755")).ok()?;
+        let flags = if read_only { libc::MS_RDONLY } else { 0 };
+        // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+        let r = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                flags,
+                data.as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            eprintln!(
+                "skipped: cannot mount a tmpfs on {} ({}); this test needs root",
+                dir.display(),
+                std::io::Error::last_os_error()
+            );
+            let _ = std::fs::remove_dir(&dir);
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        if let Ok(target) = std::ffi::CString::new(self.0.as_os_str().as_bytes()) {
+            // SAFETY: a NUL-terminated path that outlives the call.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}

@@ -50,6 +50,8 @@ pub struct Block {
     id: [u8; ID_BYTES],
     config: [u8; 16],
     state: State,
+    /// Requests failed by the disk image (a full file system, RLIMIT_FSIZE, EIO).
+    io_errors: u64,
 }
 
 impl Block {
@@ -92,11 +94,27 @@ impl Block {
             id,
             config,
             state: State::Inactive,
+            io_errors: 0,
         }
     }
 
     pub fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    /// Requests the disk image failed so far.
+    pub fn io_errors(&self) -> u64 {
+        self.io_errors
+    }
+
+    /// A request failed on the image: the guest gets IOERR. The first failure is logged;
+    /// later ones only counted (a guest retrying on a full disk is no log flood).
+    fn image_failed(&mut self, what: &str, e: &std::io::Error) -> (u8, u32) {
+        self.io_errors += 1;
+        if self.io_errors == 1 {
+            log::warn!("virtio-blk: {what} the disk image: {e}; further I/O errors are counted");
+        }
+        (VIRTIO_BLK_S_IOERR, 0)
     }
 
     /// Performs one checked request; returns (status, bytes written into guest data buffers).
@@ -105,8 +123,8 @@ impl Block {
             RequestType::In => {
                 let mut offset = req.sector << SECTOR_SHIFT;
                 for (addr, len) in &req.segments {
-                    if self.read_into(mem, offset, *addr, *len).is_err() {
-                        return (VIRTIO_BLK_S_IOERR, 0);
+                    if let Err(e) = self.read_into(mem, offset, *addr, *len) {
+                        return self.image_failed("reading", &e);
                     }
                     offset += u64::from(*len);
                 }
@@ -116,8 +134,8 @@ impl Block {
             RequestType::Out => {
                 let mut offset = req.sector << SECTOR_SHIFT;
                 for (addr, len) in &req.segments {
-                    if self.write_from(mem, offset, *addr, *len).is_err() {
-                        return (VIRTIO_BLK_S_IOERR, 0);
+                    if let Err(e) = self.write_from(mem, offset, *addr, *len) {
+                        return self.image_failed("writing", &e);
                     }
                     offset += u64::from(*len);
                 }
@@ -126,7 +144,7 @@ impl Block {
             RequestType::Flush if self.read_only => (VIRTIO_BLK_S_OK, 0),
             RequestType::Flush => match self.file.sync_data() {
                 Ok(()) => (VIRTIO_BLK_S_OK, 0),
-                Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+                Err(e) => self.image_failed("flushing", &e),
             },
             RequestType::GetId => {
                 let mut left = req.id_len();

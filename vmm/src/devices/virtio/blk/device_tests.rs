@@ -716,3 +716,126 @@ fn case_09_register_abuse_and_resets_with_requests_in_flight() {
     }
     std::fs::remove_file(&p).unwrap();
 }
+
+#[test]
+fn case_40_a_full_file_system_is_an_io_error_for_the_guest() {
+    use crate::devices::virtio::test_utils::Tmpfs;
+    let Some(fs) = Tmpfs::mount("blk-enospc", 256 << 10, false) else {
+        return;
+    };
+    // An 8 MiB sparse image on a 256 KiB file system.
+    let p = fs.path().join("disk.img");
+    std::fs::File::create(&p).unwrap().set_len(8 << 20).unwrap();
+    let m = mem();
+    let mut b = block(&p, false);
+    m.write_slice(&[0x33; 64 << 10], GuestAddress(DATA))
+        .unwrap();
+    let mut statuses = Vec::new();
+    let ((), logged) = capture_logs(|| {
+        for i in 0..16u64 {
+            let (s, u) = run(
+                &mut b,
+                &m,
+                VIRTIO_BLK_T_OUT,
+                i * 128,
+                &[(DATA, 64 << 10, false)],
+            );
+            assert_eq!(u.len(), 1);
+            statuses.push(s);
+        }
+    });
+    assert!(statuses.contains(&VIRTIO_BLK_S_OK), "{statuses:?}");
+    assert!(statuses.contains(&VIRTIO_BLK_S_IOERR), "{statuses:?}");
+    assert!(b.io_errors() > 1);
+    let warnings = at_least(&logged, log::Level::Warn);
+    assert_eq!(warnings.len(), 1, "{logged:?}");
+    assert!(warnings[0].contains("No space left"), "{warnings:?}");
+    // What was written reads back; the device goes on serving.
+    let (s, _) = run(
+        &mut b,
+        &m,
+        VIRTIO_BLK_T_IN,
+        0,
+        &[(DATA + 0x20000, 512, true)],
+    );
+    assert_eq!(s, VIRTIO_BLK_S_OK);
+    let mut back = [0u8; 512];
+    m.read_slice(&mut back, GuestAddress(DATA + 0x20000))
+        .unwrap();
+    assert_eq!(back, [0x33; 512]);
+    drop(b);
+}
+
+const FSIZE_CHILD: &str = "HUSK_CASE40_FSIZE_CHILD";
+
+/// Spawns this test again in a child limited to 64 KiB files; `ignore` says whether the
+/// child ignores SIGXFSZ as the vmm does.
+fn fsize_child(image: &Path, ignore: bool) -> std::process::ExitStatus {
+    use std::os::unix::process::CommandExt;
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "devices::virtio::blk::device::tests::case_40_rlimit_fsize_is_an_io_error_not_a_kill",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(FSIZE_CHILD, image)
+    .env("HUSK_CASE40_IGNORE", if ignore { "1" } else { "0" })
+    .stdout(std::process::Stdio::null());
+    // SAFETY: the closure runs between fork and exec and only calls setrlimit(2),
+    // which is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64 << 10,
+                rlim_max: 64 << 10,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.status().unwrap()
+}
+
+#[test]
+fn case_40_rlimit_fsize_is_an_io_error_not_a_kill() {
+    if let Some(image) = std::env::var_os(FSIZE_CHILD) {
+        // The child: a write past the limit.
+        if std::env::var("HUSK_CASE40_IGNORE").as_deref() == Ok("1") {
+            crate::ignore_file_size_signal().unwrap();
+        }
+        let m = mem();
+        let mut b = block(Path::new(&image), false);
+        m.write_slice(&[0x44; 4096], GuestAddress(DATA)).unwrap();
+        let (s, _) = run(&mut b, &m, VIRTIO_BLK_T_OUT, 0, &[(DATA, 4096, false)]);
+        assert_eq!(s, VIRTIO_BLK_S_OK);
+        let ((s, _), logged) =
+            capture_logs(|| run(&mut b, &m, VIRTIO_BLK_T_OUT, 1024, &[(DATA, 4096, false)]));
+        assert_eq!(s, VIRTIO_BLK_S_IOERR);
+        assert_eq!(b.io_errors(), 1);
+        let w = at_least(&logged, log::Level::Warn);
+        assert!(
+            w.len() == 1 && w[0].contains("File too large"),
+            "{logged:?}"
+        );
+        return;
+    }
+    let p = image("fsize", &[]);
+    std::fs::File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    // As the vmm runs: SIGXFSZ ignored, the write fails with EFBIG, the guest gets IOERR.
+    let st = fsize_child(&p, true);
+    assert!(st.success(), "child: {st:?}");
+    // Without that, the default action of SIGXFSZ ends the process at the first such write.
+    use std::os::unix::process::ExitStatusExt;
+    let st = fsize_child(&p, false);
+    assert_eq!(st.signal(), Some(libc::SIGXFSZ), "child: {st:?}");
+    assert_eq!(&std::fs::read(&p).unwrap()[..4096], &[0x44; 4096][..]);
+    std::fs::remove_file(&p).unwrap();
+}
