@@ -438,6 +438,10 @@ impl PodService {
                     _ = tokio::time::sleep(policy.interval) => {}
                     _ = process.exited() => return,
                 }
+                // A VM the shim is stopping anyway (delete, shutdown) is not checked.
+                if !matches!(me.state.lock().await.vm, VmState::Running { .. }) {
+                    return;
+                }
                 let last = match tokio::time::timeout(policy.timeout, agent.health_check()).await {
                     Ok(Ok(())) => {
                         failed = 0;
