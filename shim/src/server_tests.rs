@@ -242,6 +242,51 @@ fn case_33_delete_after_kill_9_never_acts_through_a_symlinked_pod_dir() {
     assert!(etc.join("shadow").exists());
 }
 
+#[tokio::test]
+async fn case_22_a_hostile_config_json_is_invalid_argument_over_ttrpc_and_the_shim_serves_on() {
+    let d = TempDir::new("ttrpc22");
+    let (mut server, launcher, address) = serve_fake(d.path()).await;
+    let task = TaskClient::new(Client::connect(&address).await.unwrap());
+    for (id, spec) in [
+        ("c1", "{\"root\": "),
+        ("c2", "[]"),
+        (
+            "c3",
+            r#"{"mounts":[{"type":"bind","source":"x","destination":"/x"}]}"#,
+        ),
+    ] {
+        let bundle = d.path().join(id);
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("config.json"), spec).unwrap();
+        let req = api::CreateTaskRequest {
+            id: id.into(),
+            bundle: bundle.display().to_string(),
+            ..Default::default()
+        };
+        match task.create(Context::default(), &req).await {
+            Err(containerd_shim_protos::ttrpc::Error::RpcStatus(s)) => {
+                assert_eq!(s.code(), Code::INVALID_ARGUMENT, "{id}: {}", s.message)
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    assert!(
+        launcher.requests.lock().unwrap().is_empty(),
+        "a vm was booted"
+    );
+    // ... and a good one after them works
+    let bundle = d.path().join("ok");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), "{}").unwrap();
+    let req = api::CreateTaskRequest {
+        id: "ok".into(),
+        bundle: bundle.display().to_string(),
+        ..Default::default()
+    };
+    task.create(Context::default(), &req).await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
