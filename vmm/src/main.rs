@@ -187,6 +187,10 @@ fn run() -> Result<()> {
         Cmd::Run(args) => {
             husk_vmm::logger::init();
             log_fatal_signals()?;
+            // Replaces the fatal handler for SIGXFSZ: a write past RLIMIT_FSIZE fails
+            // (EFBIG, an I/O error for the guest) instead of ending the VM; a SIGXFSZ that
+            // another process sends is still fatal, with the same line and exit status.
+            husk_vmm::file_size::handle_signal().context("installing the SIGXFSZ handler")?;
             let cfg = config(args)?;
             let vmm = Vmm::try_from(&cfg).context("building the VM")?;
             let reason = vmm.run().context("running the VM")?;

@@ -767,21 +767,19 @@ fn case_40_a_full_file_system_is_an_io_error_for_the_guest() {
 }
 
 const FSIZE_CHILD: &str = "HUSK_CASE40_FSIZE_CHILD";
+const CHILD_TEST: &str =
+    "devices::virtio::blk::device::tests::case_40_rlimit_fsize_is_an_io_error_not_a_kill";
 
-/// Spawns this test again in a child limited to 64 KiB files; `ignore` says whether the
-/// child ignores SIGXFSZ as the vmm does.
-fn fsize_child(image: &Path, ignore: bool) -> std::process::ExitStatus {
+/// This test run again in a child limited to 64 KiB files, in `mode`: "handler" (SIGXFSZ
+/// handled as the vmm does), "default" (not), "wait" (handled, then waits to be killed).
+fn fsize_child(image: &Path, mode: &str) -> std::process::Command {
     use std::os::unix::process::CommandExt;
     let mut c = std::process::Command::new(std::env::current_exe().unwrap());
-    c.args([
-        "--exact",
-        "devices::virtio::blk::device::tests::case_40_rlimit_fsize_is_an_io_error_not_a_kill",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(FSIZE_CHILD, image)
-    .env("HUSK_CASE40_IGNORE", if ignore { "1" } else { "0" })
-    .stdout(std::process::Stdio::null());
+    c.args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+        .env(FSIZE_CHILD, image)
+        .env("HUSK_CASE40_MODE", mode)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     // SAFETY: the closure runs between fork and exec and only calls setrlimit(2),
     // which is async-signal-safe.
     unsafe {
@@ -796,30 +794,40 @@ fn fsize_child(image: &Path, ignore: bool) -> std::process::ExitStatus {
             Ok(())
         });
     }
-    c.status().unwrap()
+    c
 }
 
 #[test]
 fn case_40_rlimit_fsize_is_an_io_error_not_a_kill() {
     if let Some(image) = std::env::var_os(FSIZE_CHILD) {
-        // The child: a write past the limit.
-        if std::env::var("HUSK_CASE40_IGNORE").as_deref() == Ok("1") {
-            crate::ignore_file_size_signal().unwrap();
+        let mode = std::env::var("HUSK_CASE40_MODE").unwrap_or_default();
+        if mode != "default" {
+            crate::file_size::handle_signal().unwrap();
         }
+        if mode == "wait" {
+            std::fs::write(format!("{}.ready", Path::new(&image).display()), b"").unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            return;
+        }
+        // The child: a write within the limit, then two past it.
         let m = mem();
         let mut b = block(Path::new(&image), false);
         m.write_slice(&[0x44; 4096], GuestAddress(DATA)).unwrap();
         let (s, _) = run(&mut b, &m, VIRTIO_BLK_T_OUT, 0, &[(DATA, 4096, false)]);
         assert_eq!(s, VIRTIO_BLK_S_OK);
-        let ((s, _), logged) =
-            capture_logs(|| run(&mut b, &m, VIRTIO_BLK_T_OUT, 1024, &[(DATA, 4096, false)]));
-        assert_eq!(s, VIRTIO_BLK_S_IOERR);
-        assert_eq!(b.io_errors(), 1);
+        let ((), logged) = capture_logs(|| {
+            for sector in [1024, 1536] {
+                let (s, _) = run(&mut b, &m, VIRTIO_BLK_T_OUT, sector, &[(DATA, 4096, false)]);
+                assert_eq!(s, VIRTIO_BLK_S_IOERR);
+            }
+        });
+        assert_eq!(b.io_errors(), 2);
         let w = at_least(&logged, log::Level::Warn);
         assert!(
             w.len() == 1 && w[0].contains("File too large"),
             "{logged:?}"
         );
+        println!("child done");
         return;
     }
     let p = image("fsize", &[]);
@@ -829,13 +837,46 @@ fn case_40_rlimit_fsize_is_an_io_error_not_a_kill() {
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
-    // As the vmm runs: SIGXFSZ ignored, the write fails with EFBIG, the guest gets IOERR.
-    let st = fsize_child(&p, true);
-    assert!(st.success(), "child: {st:?}");
-    // Without that, the default action of SIGXFSZ ends the process at the first such write.
+    // As the vmm runs: the write fails with EFBIG, the guest gets IOERR, one line says why.
+    let out = fsize_child(&p, "handler").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child: {:?} {stderr}", out.status);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("child done"));
+    assert_eq!(
+        stderr.matches("reached RLIMIT_FSIZE").count(),
+        1,
+        "{stderr}"
+    );
+    // Without the handler, SIGXFSZ's default action ends the process at that write.
     use std::os::unix::process::ExitStatusExt;
-    let st = fsize_child(&p, false);
-    assert_eq!(st.signal(), Some(libc::SIGXFSZ), "child: {st:?}");
+    let out = fsize_child(&p, "default").output().unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGXFSZ),
+        "child: {:?}",
+        out.status
+    );
     assert_eq!(&std::fs::read(&p).unwrap()[..4096], &[0x44; 4096][..]);
+    // A SIGXFSZ another process sends is still fatal, with its line (catalogue case 34).
+    let mut child = fsize_child(&p, "wait").spawn().unwrap();
+    use std::io::Read;
+    let ready = PathBuf::from(format!("{}.ready", p.display()));
+    let t0 = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the child ended early");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "the child never got ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::fs::remove_file(&ready).unwrap();
+    let mut line = vec![0u8; 0];
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGXFSZ) }, 0);
+    let st = child.wait().unwrap();
+    child.stderr.take().unwrap().read_to_end(&mut line).unwrap();
+    assert_eq!(st.code(), Some(128 + libc::SIGXFSZ), "child: {st:?}");
+    assert!(String::from_utf8_lossy(&line).contains("fatal signal SIGXFSZ"));
     std::fs::remove_file(&p).unwrap();
 }
