@@ -228,6 +228,23 @@ fn case_22_hostile_oci_config() {
         assert_eq!(leftovers(&srv), base, "{id} left something");
     }
 
+    // Absurd but legal: 2,000 tmpfs mounts are all made, and all go with the container.
+    let sp = spec_with(
+        &root,
+        &["sh", "-c", "grep -c ' /m/' /proc/self/mountinfo"],
+        |s| {
+            let m = s["mounts"].as_array_mut().unwrap();
+            for i in 0..2000 {
+                m.push(serde_json::json!({"destination": format!("/m/{i}"), "type": "tmpfs", "source": "tmpfs"}));
+            }
+        },
+    );
+    let t = Instant::now();
+    let r = run(&c, "mounts2k", &sp).unwrap();
+    assert_eq!((r.status, r.out.trim()), (0, "2000"), "{}", r.err);
+    assert_eq!(leftovers(&srv), base);
+    eprintln!("case 22: 2,000 mounts in {:?}", t.elapsed());
+
     // Large but legal: 1 MB of environment in 16,384 variables runs and sees them all.
     let many: Vec<String> = (0..16384)
         .map(|i| format!("V{i:05}={}", "v".repeat(56)))
