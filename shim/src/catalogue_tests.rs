@@ -518,6 +518,30 @@ mod pod {
         assert_eq!(sent["annotations"], hostile["annotations"]);
     }
 
+    #[tokio::test]
+    async fn case_21_the_hosts_own_network_namespace_is_refused_as_a_pods() {
+        for path in ["/proc/self/ns/net", "/proc/1/ns/net"] {
+            let own = crate::network::netns::is_own(std::path::Path::new(path));
+            if path == "/proc/1/ns/net" && !own {
+                continue; // this test runs in a namespace of its own
+            }
+            let p = pod();
+            let spec =
+                serde_json::json!({"linux": {"namespaces": [{"type": "network", "path": path}]}});
+            let e = p
+                .svc
+                .create(p.bundle("c1", &spec.to_string()))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::INVALID_ARGUMENT, "{path}: {e}");
+            assert!(p.launcher.requests.lock().unwrap().is_empty());
+        }
+        // another namespace is the pod's, as CRI gives it
+        assert!(!crate::network::netns::is_own(std::path::Path::new(
+            "/nonexistent/netns"
+        )));
+    }
+
     #[test]
     fn case_21_helper_arguments_are_argv_elements_never_split_from_a_string() {
         let dir = std::path::Path::new("/run/husk/p 1 --sandbox=none/shared");

@@ -198,6 +198,14 @@ impl PodService {
         crate::mount::check_rootfs_mounts(&req.rootfs)?;
         crate::share::rewrite_spec(&req.id, &mut spec.clone())?;
         let guest_ns = crate::network::namespaces::rewrite_for_guest(&role, &mut spec);
+        if let Some(ns) = guest_ns.host_netns.as_deref() {
+            if crate::network::netns::is_own(ns) {
+                return Err(ShimError::InvalidArgument(format!(
+                    "network namespace {} is the host's own: a pod needs a namespace of its own",
+                    ns.display()
+                )));
+            }
+        }
         if role.boots_vm() {
             match &guest_ns.host_netns {
                 Some(ns) => log::info!("pod {}: network namespace {}", role.pod_id(), ns.display()),

@@ -12,6 +12,20 @@ use nix::sched::{setns, CloneFlags};
 
 use super::NetError;
 
+/// Whether `path` names the network namespace the shim itself runs in (the host's): the
+/// spec's namespace path is the client's choice, and wiring the host's own interfaces to
+/// a VM would take the host's network away (catalogue case 21).
+pub fn is_own(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(path),
+        std::fs::metadata("/proc/thread-self/ns/net"),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// Opens a network namespace file (`/var/run/netns/...`, `/proc/<pid>/ns/net`).
 pub fn open(path: &Path) -> Result<File, NetError> {
     File::open(path).map_err(|e| NetError::Netns {
