@@ -880,3 +880,39 @@ fn case_40_rlimit_fsize_is_an_io_error_not_a_kill() {
     assert!(String::from_utf8_lossy(&line).contains("fatal signal SIGXFSZ"));
     std::fs::remove_file(&p).unwrap();
 }
+
+#[test]
+fn case_07_rings_moved_after_driver_ok_are_not_followed() {
+    let p = image("moved", &vec![0u8; 16 * 512]);
+    let m = mem();
+    let mut t = transport(block(&p, false), &m);
+    let vq = MockSplitQueue::create(&m, GuestAddress(0x8000), 64);
+    assert_eq!(
+        bring_up(&mut t, &[RingSetup::of(&vq, 64)]),
+        DeviceState::Active
+    );
+    // The driver moves every ring out of memory (and onto the MMIO gap), and shrinks and
+    // un-readies the queue, after DRIVER_OK.
+    mmio_write(&mut t, 0x30, 0);
+    for (reg, v) in [
+        (0x38, 0),
+        (0x38, 3),
+        (0x80, 0xffff_f000),
+        (0x84, 0xffff_ffff),
+        (0x90, 0xd000_0000),
+        (0xa0, 0xffff_f000),
+        (0xa4, 0xffff),
+        (0x44, 0),
+    ] {
+        mmio_write(&mut t, reg, v);
+    }
+    m.write_slice(&[0x61; 512], GuestAddress(DATA)).unwrap();
+    publish(&vq, &m, VIRTIO_BLK_T_OUT, 2, &[(DATA, 512, false)], 0);
+    kick(&mut t, 0);
+    // Completed through the rings the driver gave at DRIVER_OK.
+    assert_eq!(used(&vq), vec![(0, 1)]);
+    assert_eq!(status_byte(&m), VIRTIO_BLK_S_OK);
+    assert_eq!(&file_bytes(&p)[1024..1536], &[0x61; 512][..]);
+    assert_eq!(t.state(), DeviceState::Active);
+    std::fs::remove_file(&p).unwrap();
+}

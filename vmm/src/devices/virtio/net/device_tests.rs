@@ -439,3 +439,27 @@ fn case_39_rx_flood_with_a_guest_that_stops_refilling() {
 fn posted_count(q: &MockSplitQueue<'_, GuestMemory>) -> u16 {
     q.avail().idx().load()
 }
+
+#[test]
+fn case_06_a_runaway_rx_index_stops_rx_without_a_busy_loop() {
+    use crate::devices::virtio::test_utils::{at_least, capture_logs};
+    let m = mem();
+    let (mut n, peer, rxq, _txq) = setup(&m);
+    let mut reg = RecordingRegistry::default();
+    n.init_events(&mut reg);
+    rxq.avail().idx().store(1000);
+    for _ in 0..4 {
+        peer.send(&[0u8; 64]).unwrap();
+    }
+    let ((), logged) = capture_logs(|| {
+        for _ in 0..1000 {
+            n.process_event(TOKEN_TAP, EventSet::IN, &mut reg);
+            n.queue_notify(RXQ, &mut reg);
+        }
+    });
+    assert!(n.needs_reset());
+    assert_eq!(at_least(&logged, log::Level::Warn).len(), 1, "{logged:?}");
+    assert!(used(&rxq).is_empty());
+    // The tap is left unwatched: epoll does not report it again and again.
+    assert_eq!(reg.added[0].2, EventSet::empty());
+}
