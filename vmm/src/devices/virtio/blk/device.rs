@@ -222,7 +222,9 @@ impl Block {
                 break;
             };
             if active.queue.add_used(&mem, head, used_len).is_err() {
-                break;
+                // A head outside the table (the driver's error) cannot be given back; the
+                // chains after it still are.
+                continue;
             }
             done += 1;
         }

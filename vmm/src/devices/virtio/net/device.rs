@@ -114,7 +114,9 @@ impl Net {
                 }
             }
             if a.tx.add_used(&mem, head, 0).is_err() {
-                break;
+                // A head outside the table (the driver's error) cannot be given back; the
+                // chains after it still are.
+                continue;
             }
             used += 1;
         }

@@ -93,7 +93,9 @@ impl Vsock {
                 Err(e) => log::debug!("vsock: bad tx chain: {e}"),
             }
             if a.tx.add_used(&mem, head, 0).is_err() {
-                break;
+                // A head outside the table (the driver's error) cannot be given back; the
+                // chains after it still are.
+                continue;
             }
             used += 1;
         }
@@ -141,7 +143,9 @@ impl Vsock {
                 _ => 0,
             };
             if a.rx.add_used(&mem, head, written).is_err() {
-                break;
+                // A head outside the table (the driver's error) cannot be given back; the
+                // chains after it still are.
+                continue;
             }
             used += 1;
         }
