@@ -12,7 +12,7 @@
 
 use std::ops::{Deref, DerefMut};
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
 use crate::memory::GuestMemory;
 
@@ -49,6 +49,22 @@ impl GuestQueue {
                 None
             }
         }
+    }
+
+    /// Puts chain `head` on the used ring with `len` bytes written. A head outside the
+    /// descriptor table (a driver's error, from its avail ring) is refused here, without
+    /// the error line virtio-queue's `add_used` logs for each one: a log line per
+    /// guest-chosen index would be a log flood.
+    pub fn add_used(
+        &mut self,
+        mem: &GuestMemory,
+        head: u16,
+        len: u32,
+    ) -> Result<(), virtio_queue::Error> {
+        if head >= self.queue.size() {
+            return Err(virtio_queue::Error::InvalidDescriptorIndex);
+        }
+        QueueT::add_used(&mut self.queue, mem, head, len)
     }
 
     /// Whether the driver broke the queue (see the module comment).

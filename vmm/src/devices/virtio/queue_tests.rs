@@ -32,3 +32,21 @@ fn a_runaway_avail_index_breaks_the_queue_once() {
     vq.avail().idx().store(1);
     assert!(q.pop(&m).is_none());
 }
+
+#[test]
+fn heads_outside_the_table_are_refused_without_a_log_line() {
+    let m = mem();
+    let (vq, q) = queue_with(&m, 16, &[desc(0x1000, 8, 0, 0)]);
+    let mut q = GuestQueue::new(q, "test queue");
+    let ((), logged) = capture_logs(|| {
+        for head in [16, 17, 1000, u16::MAX] {
+            for _ in 0..100 {
+                assert!(q.add_used(&m, head, 0).is_err());
+            }
+        }
+    });
+    assert!(logged.is_empty(), "{logged:?}");
+    assert_eq!(vq.used().idx().load(), 0);
+    q.add_used(&m, 0, 8).unwrap();
+    assert_eq!(vq.used().idx().load(), 1);
+}

@@ -7,7 +7,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use virtio_queue::QueueT;
 use vmm_sys_util::epoll::EventSet;
 
 use super::features::{tap_offloads, OFFERED, VIRTIO_NET_F_MRG_RXBUF};
