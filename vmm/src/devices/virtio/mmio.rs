@@ -67,6 +67,8 @@ pub struct MmioTransport<D: VirtioDevice> {
     /// queue keeps its previous value, so activation must fail rather than run the device
     /// on rings the driver did not give.
     refused: Vec<u8>,
+    /// Activations that failed so far (only some are logged).
+    failed_activations: u64,
 }
 
 /// Bits of [`MmioTransport`]'s `refused`.
@@ -77,6 +79,22 @@ impl QueueField {
     const DESC: u8 = 2;
     const AVAIL: u8 = 4;
     const USED: u8 = 8;
+}
+
+/// Whether queue `q` is ready and its three rings lie in guest memory: virtio-queue's
+/// `is_valid` without the error line it logs for each refusal (a driver can make one per
+/// initialization, in a loop).
+fn rings_in_memory(q: &Queue, mem: &GuestMemory) -> bool {
+    use vm_memory::GuestMemoryBackend;
+    let n = usize::from(q.size());
+    q.ready()
+        && [
+            (q.desc_table(), 16 * n),
+            (q.avail_ring(), 6 + 2 * n),
+            (q.used_ring(), 6 + 8 * n),
+        ]
+        .iter()
+        .all(|&(addr, len)| GuestMemoryBackend::check_range(mem, GuestAddress(addr), len))
 }
 
 /// Event token of the transport's activation request.
@@ -107,6 +125,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             queue_sel: 0,
             config_generation: 0,
             activate_evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            failed_activations: 0,
         })
     }
 
@@ -164,7 +183,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             .iter()
             .enumerate()
             .filter(|(i, _)| self.device.queue_required(*i, self.acked_features))
-            .find(|(i, q)| self.refused[*i] != 0 || !q.is_valid(&self.mem));
+            .find(|(i, q)| self.refused[*i] != 0 || !rings_in_memory(q, &self.mem));
         let kicks: std::io::Result<Vec<EventFd>> =
             self.queue_evts.iter().map(|e| e.try_clone()).collect();
         let result = match (all_valid, kicks) {
@@ -197,7 +216,16 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 }
             }
             Err(e) => {
-                log::warn!("virtio device type {}: {e}", self.device.device_type());
+                // A driver looping over a bad initialization gets log2 of its attempts
+                // logged, not a line each.
+                self.failed_activations += 1;
+                if self.failed_activations.is_power_of_two() {
+                    log::warn!(
+                        "virtio device type {}: {e} (failed activation {})",
+                        self.device.device_type(),
+                        self.failed_activations
+                    );
+                }
                 self.state = DeviceState::Failed;
                 self.status |= STATUS_NEEDS_RESET;
                 self.interrupt.signal(INT_CONFIG);

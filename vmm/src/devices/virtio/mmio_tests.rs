@@ -439,6 +439,32 @@ fn case_08_activation_with_invalid_rings_fails_with_needs_reset() {
         bring_up(&mut t);
         assert_eq!(t.state(), DeviceState::Active, "{what} then a good init");
     }
+    // A driver retrying a bad initialization in a loop: every attempt fails, the log
+    // gets log2 of them.
+    let mut t = transport(false);
+    let ((), logged) = crate::devices::virtio::test_utils::capture_logs(|| {
+        for _ in 0..1000 {
+            wr(&mut t, 0x70, 0);
+            wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+            wr(&mut t, 0x24, 1);
+            wr(&mut t, 0x20, 1);
+            let ok = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+            wr(&mut t, 0x70, ok);
+            wr(&mut t, 0x30, 0);
+            wr(&mut t, 0x84, 1);
+            wr(&mut t, 0x44, 1);
+            wr(&mut t, 0x70, ok | STATUS_DRIVER_OK);
+            t.handle_event(TOKEN_ACTIVATE, EventSet::IN, &mut NoRegistry);
+            assert_eq!(t.state(), DeviceState::Failed);
+        }
+    });
+    assert!(logged.len() <= 10, "{} lines: {logged:?}", logged.len());
+    assert!(
+        logged
+            .iter()
+            .any(|(_, m)| m.contains("failed activation 512")),
+        "{logged:?}"
+    );
     // A refused value followed by a good one is the good one.
     let t = activate_with(&[(0x38, 12), (0x38, 8), (0x80, 0x10008), (0x80, 0x10000)]);
     assert_eq!(t.state(), DeviceState::Active);
