@@ -18,6 +18,8 @@ use crate::exit::{ExitNotifier, ExitReason};
 /// Default bound of the console buffer.
 pub const CONSOLE_BUFFER_BYTES: usize = 64 * 1024;
 const LINE_MAX: usize = 256;
+/// At most one "bytes dropped" log line per this interval (the count is carried over).
+const DROP_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long the output thread lets a started line grow before writing it anyway.
 const PARTIAL_LINE_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -74,15 +76,6 @@ impl ConsoleBuffer {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Bytes dropped since `reported` (which becomes the current count), if any: what the
-    /// output thread logs, so a gap in the console output is never silent.
-    pub(crate) fn newly_dropped(&self, reported: &mut u64) -> Option<u64> {
-        let now = self.dropped();
-        let new = now.checked_sub(*reported).filter(|n| *n > 0)?;
-        *reported = now;
-        Some(new)
-    }
-
     /// Ends the output thread once everything queued is written.
     pub fn close(&self) {
         if let Ok(mut s) = self.state.lock() {
@@ -122,6 +115,36 @@ impl ConsoleBuffer {
     }
 }
 
+/// When the output thread says how many bytes it dropped: at most once per
+/// [`DROP_REPORT_INTERVAL`] (the count carries over), so a guest flooding a slow reader
+/// does not get a log line per chunk, and a gap in the output is never silent.
+#[derive(Debug, Default)]
+pub(crate) struct DropReports {
+    reported: u64,
+    last: Option<std::time::Instant>,
+}
+
+impl DropReports {
+    /// (dropped since the last report, dropped in all) if a report is due at `now`.
+    pub(crate) fn due(
+        &mut self,
+        buffer: &ConsoleBuffer,
+        now: std::time::Instant,
+    ) -> Option<(u64, u64)> {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < DROP_REPORT_INTERVAL)
+        {
+            return None;
+        }
+        let all = buffer.dropped();
+        let new = all.checked_sub(self.reported).filter(|n| *n > 0)?;
+        self.reported = all;
+        self.last = Some(now);
+        Some((new, all))
+    }
+}
+
 /// Starts the output thread writing `buffer` to `sink` until the buffer is closed.
 pub fn spawn_output(
     buffer: Arc<ConsoleBuffer>,
@@ -138,14 +161,14 @@ pub fn spawn_output(
                     return;
                 }
             }
-            let mut reported = 0;
+            let mut drops = DropReports::default();
             while let Some(bytes) = buffer.take() {
                 // Logged here, not on the vCPU thread that dropped them: a log write must
                 // never be what blocks the guest.
-                if let Some(n) = buffer.newly_dropped(&mut reported) {
+                if let Some((n, all)) = drops.due(&buffer, std::time::Instant::now()) {
                     log::warn!(
                         "console: {n} bytes of guest output dropped (the reader is behind; \
-                         {reported} in all)"
+                         {all} in all)"
                     );
                 }
                 if sink.write_all(&bytes).and_then(|_| sink.flush()).is_err() {
@@ -153,8 +176,10 @@ pub fn spawn_output(
                     continue;
                 }
             }
-            if let Some(n) = buffer.newly_dropped(&mut reported) {
-                log::warn!("console: {n} bytes of guest output dropped ({reported} in all)");
+            if let Some((n, all)) =
+                drops.due(&buffer, std::time::Instant::now() + DROP_REPORT_INTERVAL)
+            {
+                log::warn!("console: {n} bytes of guest output dropped ({all} in all)");
             }
         })
 }

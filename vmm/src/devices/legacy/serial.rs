@@ -188,15 +188,20 @@ mod tests {
     }
 
     #[test]
-    fn case_38_drops_are_reported_once_each() {
+    fn case_38_drops_are_reported_at_most_every_interval() {
+        use crate::devices::legacy::console::DropReports;
         let buf = ConsoleBuffer::new(4);
-        let mut reported = 0;
-        assert_eq!(buf.newly_dropped(&mut reported), None);
+        let mut r = DropReports::default();
+        let t0 = std::time::Instant::now();
+        let s = std::time::Duration::from_secs(1);
+        assert_eq!(r.due(&buf, t0), None);
         buf.push(b"abcdef");
-        assert_eq!(buf.newly_dropped(&mut reported), Some(2));
-        assert_eq!(buf.newly_dropped(&mut reported), None);
+        assert_eq!(r.due(&buf, t0), Some((2, 2)));
+        // More drops within the interval wait, and are carried into the next report.
         buf.push(b"xyz");
-        assert_eq!(buf.newly_dropped(&mut reported), Some(3));
-        assert_eq!(reported, 5);
+        assert_eq!(r.due(&buf, t0 + 5 * s), None);
+        buf.push(b"!");
+        assert_eq!(r.due(&buf, t0 + 11 * s), Some((4, 6)));
+        assert_eq!(r.due(&buf, t0 + 30 * s), None);
     }
 }
