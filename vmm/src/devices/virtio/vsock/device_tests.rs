@@ -803,3 +803,32 @@ fn enough_fds(n: u64) -> bool {
     );
     false
 }
+
+#[test]
+fn case_14_connection_caps_fit_rlimit_nofile() {
+    use crate::devices::virtio::vsock::muxer::{caps_for, Muxer};
+    use crate::devices::virtio::vsock::{MAX_CONNECTIONS, MAX_HOST_CONNECTIONS};
+    assert_eq!(caps_for(1 << 20), (MAX_CONNECTIONS, MAX_HOST_CONNECTIONS));
+    assert_eq!(caps_for(u64::MAX), (MAX_CONNECTIONS, MAX_HOST_CONNECTIONS));
+    // The common default of 1024: both directions together stay well under it.
+    let (g, h) = caps_for(1024);
+    assert!(g + h + 128 <= 1024 && g >= 256, "{g} {h}");
+    assert_eq!(caps_for(10), (0, 0));
+    // A vmm limited to 600 fds refuses the guest's connections beyond its share.
+    let p = sock_path("nofile");
+    let (svc_path, _accepted) = service(&p, 5000);
+    let mut mux = Muxer::with_fd_limit(&p, 3, 600).unwrap();
+    let mut reg = RecordingRegistry::default();
+    let mut responses = 0;
+    for i in 0..1000u32 {
+        mux.from_guest(&guest_hdr(OP_REQUEST, 10_000 + i, 5000, 0), &[], &mut reg);
+        responses += drain(&mut mux, &mut reg)
+            .iter()
+            .filter(|h| h.op == OP_RESPONSE)
+            .count();
+    }
+    assert_eq!(responses, caps_for(600).0);
+    assert_eq!(mux.connection_count(), caps_for(600).0);
+    let _ = std::fs::remove_file(svc_path);
+    let _ = std::fs::remove_file(p);
+}

@@ -45,6 +45,10 @@ pub struct Muxer {
     conns: HashMap<Key, Connection>,
     /// How many of `conns` the guest opened.
     guest_conns: usize,
+    /// Connections allowed each way: [`MAX_CONNECTIONS`] and [`MAX_HOST_CONNECTIONS`],
+    /// or less where RLIMIT_NOFILE would not hold them (see [`caps_for`]).
+    guest_cap: usize,
+    host_cap: usize,
     handshakes: HashMap<u32, Handshake>,
     tokens: HashMap<u32, Target>,
     conn_tokens: HashMap<Key, u32>,
@@ -74,6 +78,12 @@ impl std::fmt::Debug for Muxer {
 impl Muxer {
     /// Binds the host socket at `path` (replacing a stale one).
     pub fn new(path: &Path, guest_cid: u64) -> Result<Muxer, VsockError> {
+        Self::with_fd_limit(path, guest_cid, nofile_limit())
+    }
+
+    /// A muxer for a process that may hold `nofile` fds.
+    pub fn with_fd_limit(path: &Path, guest_cid: u64, nofile: u64) -> Result<Muxer, VsockError> {
+        let (guest_cap, host_cap) = caps_for(nofile);
         let bind = |err| VsockError::Bind {
             path: path.into(),
             err,
@@ -91,6 +101,8 @@ impl Muxer {
             listener,
             conns: HashMap::new(),
             guest_conns: 0,
+            guest_cap,
+            host_cap,
             handshakes: HashMap::new(),
             tokens: HashMap::new(),
             conn_tokens: HashMap::new(),
@@ -262,7 +274,7 @@ impl Muxer {
                     return;
                 }
             }
-            if self.conns.contains_key(&key) || self.guest_conns >= MAX_CONNECTIONS {
+            if self.conns.contains_key(&key) || self.guest_conns >= self.guest_cap {
                 self.reset_for(h);
                 return;
             }
@@ -357,7 +369,7 @@ impl Muxer {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.host_connection_count() >= MAX_HOST_CONNECTIONS
+                    if self.host_connection_count() >= self.host_cap
                         || stream.set_nonblocking(true).is_err()
                     {
                         continue;
@@ -444,6 +456,32 @@ impl Muxer {
         }
         self.rearm(key, reg);
     }
+}
+
+/// fds the vmm keeps for itself (KVM, vCPUs, eventfds, disks, taps, logs) out of its
+/// RLIMIT_NOFILE before vsock connections get a share.
+const RESERVED_FDS: u64 = 128;
+
+/// The (guest, host) connection caps for a process that may hold `nofile` fds: the
+/// constants, or half each of what is left after [`RESERVED_FDS`], so a flood of
+/// connections is refused (RST) before the vmm runs out of fds (EMFILE would fail its
+/// other work, and a listener it cannot accept from stays readable).
+pub fn caps_for(nofile: u64) -> (usize, usize) {
+    let half = usize::try_from(nofile.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX);
+    (half.min(MAX_CONNECTIONS), half.min(MAX_HOST_CONNECTIONS))
+}
+
+/// This process's soft RLIMIT_NOFILE (unlimited when it cannot be read).
+fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only fills the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return u64::MAX;
+    }
+    r.rlim_cur
 }
 
 /// Parses `CONNECT <port>` (the newline already stripped).
