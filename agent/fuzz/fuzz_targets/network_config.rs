@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
         for i in &p.interfaces {
             assert!((plan::MIN_MTU..=plan::MAX_MTU).contains(&i.mtu));
             assert!(i.addresses.iter().all(|a| a.prefix_len <= 128));
-            assert!(i.routes.iter().all(|r| r.destination.is_some() || r.gateway.is_some()));
+            assert!(i
+                .routes
+                .iter()
+                .all(|r| r.destination.is_some() || r.gateway.is_some()));
         }
         let _ = husk_agent::net::files::hosts("pod", &p);
         let _ = husk_agent::net::files::resolv_conf(&p);

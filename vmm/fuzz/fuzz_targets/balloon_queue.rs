@@ -18,7 +18,11 @@ fuzz_target!(|data: &[u8]| {
         Activation {
             mem: common::memory(rest),
             // All three queues share one ring on purpose.
-            queues: vec![common::queue(size), common::queue(size), common::queue(size)],
+            queues: vec![
+                common::queue(size),
+                common::queue(size),
+                common::queue(size),
+            ],
             interrupt: common::interrupt(),
             queue_evts: Vec::new(),
             acked_features: husk_vmm::devices::virtio::balloon::VIRTIO_BALLOON_F_REPORTING,

@@ -1,5 +1,6 @@
 //! The virtio-mmio transport: arbitrary register accesses (offset, width, value) against a
-//! virtio-blk device, including activation with whatever queues the input configured.
+//! virtio-blk device, including activation with whatever queues the input configured (the
+//! event loop's activation event is delivered after every write, as it would be).
 #![no_main]
 
 mod common;
@@ -7,8 +8,10 @@ mod common;
 use husk_vmm::bus::BusDevice;
 use husk_vmm::config::{DriveConfig, ImageFormat};
 use husk_vmm::devices::virtio::blk::Block;
-use husk_vmm::devices::virtio::mmio::MmioTransport;
+use husk_vmm::devices::virtio::mmio::{MmioTransport, TOKEN_ACTIVATE};
+use husk_vmm::devices::virtio::NoRegistry;
 use libfuzzer_sys::fuzz_target;
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 fuzz_target!(|data: &[u8]| {
@@ -31,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
         let value = [op[3], op[4], op[5], op[6], 0, 0, 0, 0];
         if op[2] & 4 != 0 {
             t.write(offset, &value[..width]);
+            t.handle_event(TOKEN_ACTIVATE, EventSet::IN, &mut NoRegistry);
         } else {
             let mut out = [0u8; 8];
             t.read(offset, &mut out[..width]);

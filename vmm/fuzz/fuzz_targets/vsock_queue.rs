@@ -32,7 +32,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = dev.activate(
         Activation {
             mem,
-            queues: vec![common::queue(size), common::queue(size), common::queue(size)],
+            queues: vec![
+                common::queue(size),
+                common::queue(size),
+                common::queue(size),
+            ],
             interrupt: common::interrupt(),
             queue_evts: Vec::new(),
             acked_features: 0,
