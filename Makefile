@@ -1,6 +1,7 @@
 # husk: stable entry points. Logic lives in the scripts they call.
 #   make            build everything (workspace, guest kernel, guest rootfs)
 #   make test       the whole test suite, as CI runs it (installs what it needs)
+#   make fuzz       every fuzz target for FUZZ_SECS (120) each, kept corpus (tests/fuzz.sh)
 #   make bench      benchmarks; BENCH lines on stdout and target/bench.json
 #   make demo       the main job: husk's guest in a microVM (nested test host where needed)
 #   make install    binaries, kernel, rootfs and config under $(PREFIX)
@@ -16,7 +17,7 @@ CMD ?= true
 # The vmm as shipped and benchmarked: static, size-optimized (profile `vmm` in Cargo.toml).
 VMM_RELEASE := target/x86_64-unknown-linux-gnu/vmm/husk-vmm
 
-.PHONY: all build deps test bench demo install kernel rootfs nested check fmt clippy vmm-release
+.PHONY: all build deps test fuzz bench demo install kernel rootfs nested check fmt clippy vmm-release
 
 all: build kernel rootfs
 
@@ -34,6 +35,9 @@ rootfs:
 
 test:
 	tests/run.sh
+
+fuzz:
+	tests/fuzz.sh
 
 vmm-release:
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \

@@ -21,5 +21,18 @@ if ! command -v virtiofsd >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/
   echo "deps: cargo install virtiofsd (a few minutes, once per machine)"
   cargo install -q --locked virtiofsd
 fi
+# Supply-chain checks (lint phase): pinned versions, built from crates.io with their own lock
+# files. On a clean 2-core machine each takes about 10 minutes to build, once.
+cargo_tool() {
+  local bin=$1 crate=$2 version=$3
+  if ! "$bin" --version 2>/dev/null | grep -qF "$version"; then
+    echo "deps: cargo install $crate $version (about 10 minutes, once per machine)"
+    local t0=$SECONDS
+    cargo install -q --locked "$crate" --version "$version"
+    echo "deps: $crate built in $((SECONDS - t0))s"
+  fi
+}
+cargo_tool cargo-deny cargo-deny 0.20.2
+cargo_tool cargo-audit cargo-audit 0.22.2
 "$(dirname "$0")/nested/qemu.sh"
 echo "deps: ok"

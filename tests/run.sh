@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # `make test`: everything, in phases, each timed. Installs what it needs on a fresh machine.
 #   1 deps     apt packages and rust components
-#   2 lint     cargo fmt --check, cargo clippy -D warnings
+#   2 lint     cargo fmt --check (workspace and fuzz crates), cargo clippy -D warnings, and
+#              the supply chain (tests/supply-chain.sh: cargo deny with deny.toml, cargo audit)
 #   3 unit     cargo test --workspace (unit + host integration tests)
+#   3a fuzz    every fuzz target for FUZZ_SECS (default here 30) each, two at a time, on
+#              stable Rust with a kept corpus (tests/fuzz.sh); a crash fails it
 #   3b engine  the agent's engine against runc, bundle by bundle (root)
 #   4 kernel   guest kernel (cached outside the checkout)
 #   5 rootfs   guest initramfs with the static agent
@@ -11,7 +14,7 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
-PHASES=${PHASES:-deps lint unit engine kernel rootfs vm}
+PHASES=${PHASES:-deps lint unit fuzz engine kernel rootfs vm}
 declare -a times=()
 phase() {
   local name=$1; shift
@@ -23,8 +26,9 @@ phase() {
   echo "===== phase $name done in $((SECONDS - t0))s"
 }
 phase deps tests/deps.sh
-phase lint bash -c 'cargo fmt --all -- --check && cargo clippy --workspace --all-targets -q -- -D warnings'
+phase lint bash -c 'cargo fmt --all -- --check && for c in vmm agent shim; do cargo fmt --manifest-path $c/fuzz/Cargo.toml -- --check || exit 1; done && cargo clippy --workspace --all-targets -q -- -D warnings && tests/supply-chain.sh'
 phase unit cargo test --workspace
+phase fuzz env FUZZ_SECS="${FUZZ_SECS:-30}" tests/fuzz.sh
 phase engine bash -c 'cargo build -q -p husk-agent && tests/engine/diff.sh target/debug/husk-agent'
 phase kernel guest-kernel/build.sh
 phase rootfs rootfs/build.sh
