@@ -53,10 +53,13 @@ const RSS_ANON_GROWTH_KIB: u64 = 16 * 1024;
 /// CPU the whole vmm may use while the guest halts after the kick storm, as a share of the
 /// window (the catalogue asks < 5%; the tick granularity is 10 ms).
 const IDLE_CPU_SHARE: f64 = 0.05;
+/// How long the host samples the vmm's CPU in the guest's idle window.
+const IDLE_SAMPLE: Duration = Duration::from_secs(3);
 const GUEST_CID: u32 = 3;
 const LISTEN_PORT: u32 = 5000;
 const STUCK_PORT: u32 = 5001;
 const HEALTH_PORT: u32 = 1234;
+const IDLE_PORT: u32 = 999;
 const VSOCK_MAX_CONNECTIONS: usize = 1024;
 
 fn kvm_available() -> bool {
@@ -213,10 +216,32 @@ fn status_kib(pid: i32, key: &str) -> Option<u64> {
 
 /// utime + stime of the whole process, in clock ticks.
 fn cpu_ticks(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_ticks_of(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_ticks_of(stat: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(stat).ok()?;
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// utime + stime of each thread, by thread name.
+fn thread_ticks(pid: i32) -> Vec<(String, u64)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in dir.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let Ok(tid) = t.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Some(ticks) = cpu_ticks_of(&format!("/proc/{pid}/task/{tid}/stat")) {
+            out.push((comm.trim().to_string(), ticks));
+        }
+    }
+    out
 }
 
 fn clock_ticks_per_s() -> u64 {
@@ -287,6 +312,9 @@ fn vsock_health(sock: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// When the idle window began: the time, the process's CPU ticks and each thread's.
+type IdleStart = (Instant, u64, Vec<(String, u64)>);
+
 #[derive(Debug, Default)]
 struct Figures {
     run_ms: u128,
@@ -297,6 +325,8 @@ struct Figures {
     fds_max: usize,
     idle_window_ms: u128,
     idle_cpu_ms: u64,
+    /// CPU in the idle window by thread (ms).
+    idle_by_thread: Vec<(String, u64)>,
     accepted: usize,
     stderr_lines: usize,
 }
@@ -315,7 +345,8 @@ fn cases_01_to_09_14_16_38_hostile_guest_leaves_the_vmm_alive_flat_and_healthy()
     let pid = vmm.pid();
     let ticks_per_s = clock_ticks_per_s();
     let mut f = Figures::default();
-    let mut idle: Option<(Instant, u64)> = None;
+    let mut idle: Option<IdleStart> = None;
+    let mut idle_end: Option<UnixStream> = None;
     let health: Arc<Mutex<Option<Result<(), String>>>> = Arc::new(Mutex::new(None));
     let mut health_started = false;
     let status = loop {
@@ -340,14 +371,27 @@ fn cases_01_to_09_14_16_38_hostile_guest_leaves_the_vmm_alive_flat_and_healthy()
             f.fds_max = f.fds_max.max(fd_count(pid));
         }
         if idle.is_none() && text.contains("hostile: idle begin") {
-            idle = Some((Instant::now(), cpu_ticks(pid).unwrap()));
-        }
-        if let Some((start, ticks)) = idle {
-            if f.idle_window_ms == 0 && text.contains("hostile: idle end") {
-                let used = cpu_ticks(pid).unwrap() - ticks;
-                f.idle_window_ms = start.elapsed().as_millis();
-                f.idle_cpu_ms = used * 1000 / ticks_per_s;
+            // The guest halts until the host ends the window; sample 3 s of it.
+            let start: IdleStart = (Instant::now(), cpu_ticks(pid).unwrap(), thread_ticks(pid));
+            std::thread::sleep(IDLE_SAMPLE);
+            let used = cpu_ticks(pid).unwrap() - start.1;
+            f.idle_window_ms = start.0.elapsed().as_millis();
+            f.idle_cpu_ms = used * 1000 / ticks_per_s;
+            for (name, t1) in thread_ticks(pid) {
+                let t0 = start.2.iter().find(|(n, _)| *n == name).map_or(0, |t| t.1);
+                f.idle_by_thread
+                    .push((name, t1.saturating_sub(t0) * 1000 / ticks_per_s));
             }
+            assert!(
+                !vmm.serial_text().contains("hostile: idle end"),
+                "the guest's idle window ended before the host had sampled it"
+            );
+            // End the window: a connection to the guest's idle port.
+            let mut end = UnixStream::connect(dir.join("v.sock")).unwrap();
+            end.write_all(format!("CONNECT {IDLE_PORT}\n").as_bytes())
+                .unwrap();
+            idle_end = Some(end);
+            idle = Some(start);
         }
         if !health_started && text.contains("hostile: vsock listening") {
             health_started = true;
@@ -357,6 +401,7 @@ fn cases_01_to_09_14_16_38_hostile_guest_leaves_the_vmm_alive_flat_and_healthy()
         std::thread::sleep(Duration::from_millis(20));
     };
     stop.store(true, Ordering::SeqCst);
+    drop(idle_end);
     f.run_ms = t0.elapsed().as_millis();
     f.accepted = accepted.load(Ordering::SeqCst);
     let serial = vmm.serial_text();

@@ -120,15 +120,6 @@ pub fn map_mmio_gap() {
     unsafe { asm!("mov rax, cr3", "mov cr3, rax", out("rax") _, options(nostack)) };
 }
 
-/// The TSC (for rough timing only).
-pub fn rdtsc() -> u64 {
-    let lo: u32;
-    let hi: u32;
-    // SAFETY: rdtsc only reads the counter.
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
-    (u64::from(hi) << 32) | u64::from(lo)
-}
-
 /// A number printed in decimal without core's integer formatting (whose padding code uses
 /// SSE, which PVM's instruction emulator cannot run).
 pub struct Dec(pub u64);

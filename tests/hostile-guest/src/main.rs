@@ -57,8 +57,9 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 const LISTEN_PORT: u32 = 5000;
 const STUCK_PORT: u32 = 5001;
 const HEALTH_PORT: u32 = 1234;
-/// The idle window after the runaway-index round, in which the host samples the vmm's CPU.
-const IDLE_MS: u64 = 3000;
+const IDLE_PORT: u32 = 999;
+/// The idle window after the runaway-index round when there is no vsock device to end it.
+const IDLE_MS: u64 = 8000;
 const SERIAL_FLOOD_LINES: u32 = 1024;
 
 /// Top of guest RAM below 4 GiB, from the zero page's e820 map.
@@ -137,8 +138,24 @@ extern "C" fn hostile_main(zero_page: u64) -> ! {
     // Case 6, then the idle window.
     blk::avail_runaway(&blk, &mut q, 2000);
     done("blk-avail-runaway");
-    println!("hostile: idle begin");
-    timer::halt_ms(IDLE_MS);
+    // The idle window: the host samples the vmm's CPU, then ends the window with a vsock
+    // connection to IDLE_PORT (a host as slow as the nested test host sees the console
+    // seconds late: a fixed window could end before it had sampled). Without vsock, 8 s.
+    match devs.find(virtio::ID_VSOCK).and_then(vsock::Vsock::bring_up) {
+        Some(mut v) => {
+            timer::spin_ms(100);
+            println!("hostile: idle begin");
+            if !vsock::idle_until_request(&mut v, IDLE_PORT, 300_000) {
+                unhealthy("the host never ended the idle window");
+            }
+        }
+        None => {
+            println!("hostile: idle begin");
+            for _ in 0..IDLE_MS / 4000 {
+                timer::halt_ms(4000);
+            }
+        }
+    }
     println!("hostile: idle end");
 
     // B. Registers (cases 7 and 9) on every device; on blk, a request must still work
@@ -242,7 +259,7 @@ extern "C" fn hostile_main(zero_page: u64) -> ! {
         let Some(mut v) = vsock::Vsock::bring_up(vdev) else {
             unhealthy("vsock refused FEATURES_OK at the health check");
         };
-        if let Err(why) = vsock::health(&mut v, HEALTH_PORT, 30_000) {
+        if let Err(why) = vsock::health(&mut v, HEALTH_PORT, 60_000) {
             unhealthy(why);
         }
     }

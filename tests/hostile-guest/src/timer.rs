@@ -1,25 +1,26 @@
-//! Time and sleep: the local APIC timer (KVM's runs at 1 GHz with divide-by-1) calibrates
-//! the TSC for timeouts, and wakes the guest from `hlt` for the idle window, in which the
-//! guest does nothing so that the host can see the vmm's own CPU use.
+//! Time and sleep: the local APIC timer (KVM's runs at 1 GHz with divide-by-1) is the clock
+//! for timeouts, and wakes the guest from `hlt` for the idle window, in which the guest
+//! does nothing so that the host can see the vmm's own CPU use.
 
 use core::arch::{asm, global_asm};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::hw::{outb, read32, write32};
 
 const LAPIC: u64 = 0xfee0_0000;
-const LAPIC_EOI: u64 = LAPIC + 0xb0;
 const LAPIC_SVR: u64 = LAPIC + 0xf0;
 const LAPIC_LVT_TIMER: u64 = LAPIC + 0x320;
 const LAPIC_TIMER_INIT: u64 = LAPIC + 0x380;
 const LAPIC_TIMER_CUR: u64 = LAPIC + 0x390;
 const LAPIC_TIMER_DIV: u64 = LAPIC + 0x3e0;
 const LVT_MASKED: u32 = 1 << 16;
+const LVT_PERIODIC: u32 = 1 << 17;
 const TIMER_VECTOR: u32 = 0x40;
 /// KVM's APIC timer ticks once per nanosecond with divide-by-1.
 const TICKS_PER_MS: u64 = 1_000_000;
 
-static TSC_PER_MS: AtomicU64 = AtomicU64::new(1_000_000);
+static CLOCK_NS: AtomicU64 = AtomicU64::new(0);
+static LAST_COUNT: AtomicU32 = AtomicU32::new(u32::MAX);
 static TIMER_FIRED: AtomicBool = AtomicBool::new(false);
 
 #[repr(C, align(16))]
@@ -71,7 +72,7 @@ fn gate(handler: u64) -> Gate {
     Gate([lo, handler >> 32])
 }
 
-/// Installs the IDT, masks the PIC, enables the local APIC and calibrates the TSC.
+/// Installs the IDT, masks the PIC, enables the local APIC and starts the clock.
 pub fn init() {
     let idt = &raw mut IDT;
     for v in 0..256usize {
@@ -98,42 +99,54 @@ pub fn init() {
     outb(0xa1, 0xff);
     write32(LAPIC_SVR, 0x1ff);
     write32(LAPIC_TIMER_DIV, 0xb);
-    write32(LAPIC_LVT_TIMER, LVT_MASKED | TIMER_VECTOR);
+    start_clock();
+}
+
+/// The clock is the APIC timer free-running in periodic mode, masked: KVM derives its count
+/// from the host's clock, where the TSC of a nested or emulated guest runs at whatever
+/// rate (under the nested test host a TSC calibrated against it ran 50 times fast).
+fn start_clock() {
+    write32(LAPIC_LVT_TIMER, LVT_MASKED | LVT_PERIODIC | TIMER_VECTOR);
     write32(LAPIC_TIMER_INIT, u32::MAX);
-    let start_count = read32(LAPIC_TIMER_CUR);
-    let t0 = crate::hw::rdtsc();
-    let want = 20 * TICKS_PER_MS as u32;
-    while start_count - read32(LAPIC_TIMER_CUR) < want {}
-    let t1 = crate::hw::rdtsc();
-    write32(LAPIC_TIMER_INIT, 0);
-    TSC_PER_MS.store(((t1 - t0) / 20).max(1), Ordering::Relaxed);
+    LAST_COUNT.store(u32::MAX, Ordering::Relaxed);
+}
+
+/// Nanoseconds on the clock; call at least every 4 s (a period of the count) for it to
+/// keep up, which every waiting loop here does.
+pub fn now() -> u64 {
+    let cur = read32(LAPIC_TIMER_CUR);
+    let last = LAST_COUNT.swap(cur, Ordering::Relaxed);
+    let passed = if cur <= last {
+        last - cur
+    } else {
+        last + (u32::MAX - cur)
+    };
+    CLOCK_NS.fetch_add(u64::from(passed), Ordering::Relaxed) + u64::from(passed)
 }
 
 /// Milliseconds since an earlier `now()`.
 pub fn ms_since(t0: u64) -> u64 {
-    (crate::hw::rdtsc() - t0) / TSC_PER_MS.load(Ordering::Relaxed)
+    (now() - t0) / TICKS_PER_MS
 }
 
-pub fn now() -> u64 {
-    crate::hw::rdtsc()
-}
-
-/// Spins (without exits) for `ms`.
+/// Spins (without exits other than the clock's reads) for `ms`.
 pub fn spin_ms(ms: u64) {
     let t0 = now();
     while ms_since(t0) < ms {}
 }
 
 /// Halts the vCPU for `ms` (at most 4 s): the vCPU thread sleeps in KVM until the APIC
-/// timer fires.
+/// timer, one-shot for this, fires; then the clock resumes, `ms` later.
 pub fn halt_ms(ms: u64) {
+    let ms = ms.min(4000);
+    let t = now();
     TIMER_FIRED.store(false, Ordering::SeqCst);
     write32(LAPIC_LVT_TIMER, TIMER_VECTOR);
-    write32(LAPIC_TIMER_INIT, (ms.min(4000) * TICKS_PER_MS) as u32);
+    write32(LAPIC_TIMER_INIT, (ms * TICKS_PER_MS) as u32);
     while !TIMER_FIRED.load(Ordering::SeqCst) {
         // SAFETY: sti; hlt waits for the next interrupt; our handlers return with iretq.
         unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
     }
-    write32(LAPIC_LVT_TIMER, LVT_MASKED | TIMER_VECTOR);
-    let _ = LAPIC_EOI;
+    CLOCK_NS.store(t + ms * TICKS_PER_MS, Ordering::Relaxed);
+    start_clock();
 }

@@ -221,6 +221,24 @@ impl Vsock {
     }
 }
 
+/// The idle window: halts in 500 ms steps (a few exits per second) until the host ends it
+/// with a connection to `port`, which is refused. False if none came within `ms`.
+pub fn idle_until_request(v: &mut Vsock, port: u32, ms: u64) -> bool {
+    let mut waited = 0;
+    while waited < ms {
+        timer::halt_ms(500);
+        waited += 500;
+        if v.rx.used_idx() != v.rx.last_used {
+            if let Some((h, _)) = v.wait_op(OP_REQUEST, 10) {
+                let rst = v.hdr(OP_RST, port, h.src_port, 0);
+                v.send(&rst, &[]);
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// Case 14: REQUEST floods: `n` ports nobody listens on, then `n_listen` connections to
 /// the host's listening port `listen_port` (more than the vmm's cap), then RSTs for all.
 /// Returns (responses, rsts) for the listening port's flood.
