@@ -72,6 +72,14 @@ impl BundleSpec {
                 msg: "not a JSON object".into(),
             });
         }
+        // The shim points `root.path` at the guest's copy of the rootfs; a `root` it could
+        // not rewrite would reach the agent as the client wrote it.
+        if raw.get("root").is_some_and(|r| !r.is_object()) {
+            return Err(ShimError::Spec {
+                path,
+                msg: "root is not a JSON object".into(),
+            });
+        }
         Ok(BundleSpec { path, raw })
     }
 
@@ -257,6 +265,23 @@ mod tests {
         assert_eq!(back["root"]["path"], "/run/husk/shared/c1/rootfs");
         assert_eq!(back["mounts"][1]["source"], "/run/husk/shared/c1/mounts/1");
         assert_eq!(back["x-unknown"]["kept"], true);
+    }
+
+    /// Found by the shim_spec fuzz target: `"root": ""` parsed, and rewrite_spec left it
+    /// as it was (set_root_path only writes into an object), so the guest path never
+    /// replaced it.
+    #[test]
+    fn root_must_be_an_object() {
+        for bad in [r#"{"root":""}"#, r#"{"root":[]}"#, r#"{"root":null}"#] {
+            let e = BundleSpec::from_slice(bad.as_bytes(), "/b/config.json".into()).expect_err(bad);
+            assert!(e.to_string().contains("root is not a JSON object"), "{e}");
+        }
+        let mut s = spec(r#"{"root":{"path":"rootfs"}}"#);
+        s.set_root_path("/g");
+        assert_eq!(s.raw()["root"]["path"], "/g");
+        let mut s = spec("{}");
+        s.set_root_path("/g");
+        assert_eq!(s.raw()["root"]["path"], "/g");
     }
 
     #[test]
