@@ -16,20 +16,23 @@ db=$HUSK_CACHE/advisory-dbs/advisory-db-3157b0e258782691
 mkdir -p "$(dirname "$db")"
 export GIT_TERMINAL_PROMPT=0
 
-refreshed=""
+refreshed="" why=""
+gitlog=$(mktemp)
 if [ -d "$db/.git" ]; then
-  if timeout 60 git -C "$db" fetch -q --depth 1 "$url" HEAD 2>/dev/null &&
+  if timeout 60 git -C "$db" fetch -q --depth 1 "$url" HEAD 2>"$gitlog" &&
      git -C "$db" reset -q --hard FETCH_HEAD; then
     refreshed=yes
   fi
 else
   rm -rf "$db.tmp"
-  if timeout 120 git clone -q --depth 1 "$url" "$db.tmp" 2>/dev/null; then
+  if timeout 120 git clone -q --depth 1 "$url" "$db.tmp" 2>"$gitlog"; then
     mv "$db.tmp" "$db"
     refreshed=yes
   fi
   rm -rf "$db.tmp"
 fi
+[ -n "$refreshed" ] || why="fetching $url failed ($(tail -1 "$gitlog" | tr -d '\r' | cut -c1-120))"
+rm -f "$gitlog"
 
 rc=0
 cargo deny --offline check --hide-inclusion-graph licenses bans sources || rc=1
@@ -38,12 +41,12 @@ if [ -d "$db/crates" ]; then
   if [ -n "$refreshed" ]; then
     echo "supply-chain: advisories checked against RustSec as of $when (refreshed)"
   else
-    echo "supply-chain: advisories checked against a cached RustSec copy of $when ($url not reachable)"
+    echo "supply-chain: advisories checked against a cached RustSec copy of $when (not refreshed: $why)"
   fi
   cargo deny --offline check --hide-inclusion-graph advisories || rc=1
   cargo audit --no-fetch --stale --db "$db" --file Cargo.lock || rc=1
 else
-  echo "supply-chain: advisories NOT CHECKED: no advisory database: $url is not reachable and $db holds no copy"
+  echo "supply-chain: advisories NOT CHECKED: no cached copy in $db and $why"
 fi
 [ $rc = 0 ] && echo "supply-chain: ok" || echo "supply-chain: FAILED"
 exit $rc
