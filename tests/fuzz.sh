@@ -9,7 +9,8 @@
 # ${HUSK_CACHE:-~/.cache/husk}/fuzz/<target>, where new inputs go. A crash, timeout or
 # out-of-memory input is saved to target/fuzz-artifacts/<target>/ and printed (path, the
 # panic, hex of its first bytes); it fails the run. FUZZ_TARGETS='regex' picks targets.
-# Logs: target/fuzz-logs/<target>.log. Builds go to target/fuzz (incremental, kept).
+# Logs: target/fuzz-logs/<target>.log. Builds go to target/fuzz (incremental, kept;
+# FUZZ_TARGET_DIR moves them).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -28,7 +29,9 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
   -Cllvm-args=-sanitizer-coverage-pc-table \
   -Cllvm-args=-sanitizer-coverage-trace-compares \
   -Cllvm-args=-sanitizer-coverage-stack-depth"
-export CARGO_TARGET_DIR=$top/target/fuzz
+# FUZZ_TARGET_DIR: keep the (long, about 10 minutes per crate on 2 cores) cold build outside
+# a fresh checkout, e.g. under $HUSK_CACHE on a CI machine that clones anew each run.
+export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$top/target/fuzz}
 bindir=$CARGO_TARGET_DIR/$triple/release
 logs=$top/target/fuzz-logs
 arts=$top/target/fuzz-artifacts
