@@ -2,6 +2,7 @@
 #   make            build everything (workspace, guest kernel, guest rootfs)
 #   make test       the whole test suite, as CI runs it (installs what it needs)
 #   make fuzz       every fuzz target for FUZZ_SECS (120) each, kept corpus (tests/fuzz.sh)
+#   make soak       SOAK_SECS (3600) of pod churn with leak checks, in the nested test host
 #   make bench      benchmarks; BENCH lines on stdout and target/bench.json
 #   make demo       the main job: husk's guest in a microVM (nested test host where needed)
 #   make install    binaries, kernel, rootfs and config under $(PREFIX)
@@ -17,7 +18,7 @@ CMD ?= true
 # The vmm as shipped and benchmarked: static, size-optimized (profile `vmm` in Cargo.toml).
 VMM_RELEASE := target/x86_64-unknown-linux-gnu/vmm/husk-vmm
 
-.PHONY: all build deps test fuzz bench demo install kernel rootfs nested check fmt clippy vmm-release
+.PHONY: all build deps test fuzz soak bench demo install kernel rootfs nested check fmt clippy vmm-release
 
 all: build kernel rootfs
 
@@ -38,6 +39,12 @@ test:
 
 fuzz:
 	tests/fuzz.sh
+
+# catalogue cases 48 and 50 (tests/RELIABILITY.md): an hour of churn, leak checks at the end
+SOAK_SECS ?= 3600
+soak: build kernel rootfs
+	HUSK_CASE26_ITERATIONS=10000 cargo test -q -p husk-agent --test catalogue case_26
+	SOAK_SECS=$(SOAK_SECS) HUSK_NESTED_TIMEOUT=$$(( $(SOAK_SECS) + 1800 )) tests/nested/host.sh -- tests/vm/soak.sh
 
 vmm-release:
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
