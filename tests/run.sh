@@ -28,7 +28,8 @@ phase() {
 phase deps tests/deps.sh
 phase lint bash -c 'cargo fmt --all -- --check && for c in vmm agent shim; do cargo fmt --manifest-path $c/fuzz/Cargo.toml -- --check || exit 1; done && cargo clippy --workspace --all-targets -q -- -D warnings && tests/supply-chain.sh'
 phase unit cargo test --workspace
-phase fuzz env FUZZ_SECS="${FUZZ_SECS:-30}" tests/fuzz.sh
+# the instrumented fuzz builds (about 10 min per crate cold) are cached outside the checkout
+phase fuzz env FUZZ_SECS="${FUZZ_SECS:-30}" FUZZ_TARGET_DIR="${FUZZ_TARGET_DIR:-${HUSK_CACHE:-$HOME/.cache/husk}/fuzz-target}" tests/fuzz.sh
 phase engine bash -c 'cargo build -q -p husk-agent && tests/engine/diff.sh target/debug/husk-agent'
 phase kernel guest-kernel/build.sh
 phase rootfs rootfs/build.sh
