@@ -44,7 +44,7 @@ fuzz:
 SOAK_SECS ?= 3600
 soak: build kernel rootfs
 	HUSK_CASE26_ITERATIONS=10000 cargo test -q -p husk-agent --test catalogue case_26
-	SOAK_SECS=$(SOAK_SECS) HUSK_NESTED_TIMEOUT=$$(( $(SOAK_SECS) + 1800 )) tests/nested/host.sh -- tests/vm/soak.sh
+	HUSK_SOAK_SECS=$(SOAK_SECS) HUSK_NESTED_TIMEOUT=$$(( $(SOAK_SECS) + 1800 )) tests/nested/host.sh -- tests/vm/soak.sh
 
 vmm-release:
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
