@@ -167,7 +167,6 @@ c container delete t-long
 
 # the VM dies under a running task: the task stops (TaskExit), delete still works
 bg() { c run -d --cgroup "" --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" "$1" /bin/sleep 1000 </dev/null; }
-pidof_file() { cut -d' ' -f1 "$1"; }
 bg t-vmdie
 kill -9 "$(pidof_file "$w/run/t-vmdie/vmm.pid")"
 for _ in $(seq 100); do c task ls | grep -qE '^t-vmdie +[0-9]+ +STOPPED' && break; sleep 0.1; done

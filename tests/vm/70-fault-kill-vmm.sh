@@ -12,8 +12,6 @@ shim_vm_require
 command -v mkfs.ext4 >/dev/null && command -v e2fsck >/dev/null || skip "no e2fsprogs"
 shim_vm_setup husk-fault-vmm sh dd sleep cat true
 fail() { show_logs || true; echo "FAIL: $*" >&2; exit 1; }
-pidof_file() { cut -d' ' -f1 "$1"; }
-zombies() { ps -eo stat= | grep -c '^Z' || true; }
 z0=$(zombies)
 
 truncate -s 256M "$w/vol.img"

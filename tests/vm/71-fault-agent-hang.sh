@@ -10,7 +10,6 @@ set -euo pipefail
 shim_vm_require
 shim_vm_setup husk-fault-hang sh sleep true
 fail() { show_logs || true; echo "FAIL: $*" >&2; exit 1; }
-pidof_file() { cut -d' ' -f1 "$1"; }
 printf '%s\n' 'health_check_interval_secs = 2' 'health_check_failures = 2' >> "$w/husk.toml"
 
 c run -d --runtime io.containerd.husk.v2 --rootfs "$w/rootfs" t-hang /bin/sleep 100000 </dev/null || fail "ctr run -d"

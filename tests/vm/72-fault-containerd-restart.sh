@@ -11,7 +11,6 @@ set -euo pipefail
 shim_vm_require
 shim_vm_setup husk-fault-ctrd sh echo cat sleep true
 fail() { show_logs || true; echo "FAIL: $*" >&2; exit 1; }
-pidof_file() { cut -d' ' -f1 "$1"; }
 shim_of() { pgrep -f "containerd-shim-husk-v2 -namespace default -id $1 "; }
 
 restart_containerd() {

@@ -13,7 +13,6 @@ shim_vm_require
 command -v cpio >/dev/null || skip "no cpio"
 shim_vm_setup husk-fault-start sh echo true
 fail() { show_logs || true; echo "FAIL: $*" >&2; exit 1; }
-zombies() { ps -eo stat= | grep -c '^Z' || true; }
 z0=$(zombies)
 cp "$w/husk.toml" "$w/husk.toml.good"
 

@@ -17,8 +17,6 @@ fail() { show_logs || true; echo "FAIL: $*" >&2; exit 1; }
 # 8 there
 if [ -n "${HUSK_NESTED:-}" ]; then n=${HUSK_PODS:-8}; else n=${HUSK_PODS:-20}; fi
 rounds=${HUSK_PODS_ROUNDS:-1}
-zombies() { ps -eo stat= | grep -c '^Z' || true; }
-mounts() { wc -l < /proc/mounts; }
 taps() { ip -o link 2>/dev/null | grep -c husk_tap || true; }
 counts() { # tasks shims vmms virtiofsds state-dirs
   local tasks shims vmms vfsds dirs

@@ -11,7 +11,6 @@ set -euo pipefail
 shim_vm_require
 shim_vm_setup husk-forkbomb sh echo sleep true cat
 fail() { show_logs || true; echo "FAIL: $*" >&2; exit 1; }
-pidof_file() { cut -d' ' -f1 "$1"; }
 threads() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
 rss_outside_ram() { echo $(( $(awk '/^VmRSS:/ {print $2}' "/proc/$1/status") - $(guest_ram_kib "$1") )); }
 

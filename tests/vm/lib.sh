@@ -83,6 +83,12 @@ TOML
   echo "containerd did not start:" >&2; tail -20 "$dir/containerd.log" >&2; return 1
 }
 
+# pidof_file FILE: the pid in a shim pid file ("<pid> <start time>")
+pidof_file() { cut -d' ' -f1 "$1"; }
+# zombies, mounts: counts of zombie processes and of this host's mounts (leak checks)
+zombies() { ps -eo stat= | grep -c '^Z' || true; }
+mounts() { wc -l < /proc/mounts; }
+
 # ---- the shim through containerd and real VMs (tests 50, 52; bench 50) ---------------------
 
 # first_built NAME ENVVAR: $ENVVAR if set, else the first built copy of NAME (staged)

@@ -18,9 +18,6 @@ secs=${HUSK_SOAK_SECS:-3600}
 sample_every=${HUSK_SOAK_SAMPLE_SECS:-60}
 burst_every=${HUSK_SOAK_BURST_EVERY:-20}
 slack=${HUSK_SOAK_RSS_SLACK_KIB:-4096}
-pidof_file() { cut -d' ' -f1 "$1"; }
-zombies() { ps -eo stat= | grep -c '^Z' || true; }
-mounts() { wc -l < /proc/mounts; }
 # proc_stats PID: "rss_kib fds threads" (guest RAM not counted: it is the guest's to use)
 proc_stats() {
   local rss fds thr ram
