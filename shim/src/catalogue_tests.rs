@@ -171,6 +171,86 @@ fn case_24_read_only_volumes_are_read_only_on_the_side_virtiofsd_exports() {
     nix::mount::umount2(&vol.join("sub"), nix::mount::MntFlags::MNT_DETACH).unwrap();
 }
 
+#[test]
+fn read_only_rootfs_gets_its_mount_points_made_inside_it() {
+    require_root!("read-only rootfs mount points");
+    let p = RealPod::new("romp");
+    let shared = p.share.prepare_pod(&p.pod).unwrap();
+    // containerd's CRI sandbox: a read-only root, /etc/resolv.conf bound from a host file,
+    // a /dev tmpfs with /dev/shm below it; the image has no /etc and no /dev.
+    let root = p.dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let resolv = p.dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 10.0.0.1\n").unwrap();
+    let spec = serde_json::json!({"root": {"path": &root, "readonly": true}, "mounts": [
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]},
+        {"destination": "/dev/shm", "type": "bind", "source": p.dir.path(), "options": ["rbind"]},
+        {"destination": "/etc/resolv.conf", "type": "bind", "source": &resolv, "options": ["rbind", "ro"]},
+    ]})
+    .to_string();
+    p.share("c1", &spec, &[]).unwrap();
+    assert!(root.join("etc/resolv.conf").is_file());
+    assert!(root.join("dev").is_dir());
+    assert!(
+        !root.join("dev/shm").exists(),
+        "made below another mount's destination"
+    );
+    // What virtiofsd serves has them, and is still read-only.
+    let guest_root = shared.join("c1/rootfs");
+    assert!(guest_root.join("etc/resolv.conf").is_file());
+    let made = std::fs::write(guest_root.join("etc/new"), "");
+    assert_eq!(made.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    p.share.unshare(&p.pod, "c1", &p.bundle).unwrap();
+    p.share.cleanup_pod(&p.pod).unwrap();
+}
+
+#[test]
+fn read_only_rootfs_mount_points_never_follow_the_images_links_out() {
+    require_root!("read-only rootfs mount points");
+    let p = RealPod::new("romp-link");
+    p.share.prepare_pod(&p.pod).unwrap();
+    let outside = p.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let root = p.dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    // A hostile image: /etc climbs out of the rootfs, /var points at a host path.
+    std::os::unix::fs::symlink("../outside", root.join("etc")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("var")).unwrap();
+    let host_file = p.dir.path().join("hosts");
+    std::fs::write(&host_file, "").unwrap();
+    let spec = spec_json(
+        &root,
+        &[
+            ("/etc/hosts", &host_file, &["rbind", "ro"]),
+            ("/var/run/x", p.dir.path(), &["rbind", "ro"]),
+        ],
+        true,
+    );
+    // Inside the root, `..` stops at the root and an absolute link starts from it: both
+    // links dangle there, and a dangling link is refused, never created through.
+    let e = p.share("c1", &spec, &[]).unwrap_err().to_string();
+    assert!(e.contains("mount point /etc/hosts"), "{e}");
+    let outside_is_empty = || std::fs::read_dir(&outside).unwrap().count() == 0;
+    assert!(
+        outside_is_empty(),
+        "a mount point was made outside the rootfs"
+    );
+    p.share.unshare(&p.pod, "c1", &p.bundle).unwrap();
+    // Once their targets exist inside the root, the mount points are made there.
+    let inside_var = root.join(outside.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(root.join("outside")).unwrap();
+    std::fs::create_dir_all(&inside_var).unwrap();
+    p.share("c1", &spec, &[]).unwrap();
+    assert!(
+        outside_is_empty(),
+        "a mount point was made outside the rootfs"
+    );
+    assert!(root.join("outside/hosts").is_file());
+    assert!(inside_var.join("run/x").is_dir());
+    p.share.unshare(&p.pod, "c1", &p.bundle).unwrap();
+    p.share.cleanup_pod(&p.pod).unwrap();
+}
+
 /// A directory standing in for /etc, with a file standing in for /etc/shadow.
 fn victim(d: &Path) -> PathBuf {
     let v = d.join("etc");

@@ -8,7 +8,7 @@ use nix::mount::{MntFlags, MsFlags};
 
 use crate::error::{Result, ShimError};
 use crate::share::{rewrite_spec, RootfsMount, RootfsShare};
-use crate::spec::BundleSpec;
+use crate::spec::{BundleSpec, SpecMount};
 
 /// The kernel calls sharing needs.
 pub trait MountOps: Send + Sync {
@@ -35,6 +35,10 @@ pub trait MountOps: Send + Sync {
     fn touch(&self, path: &Path) -> std::io::Result<()>;
     /// Whether `path` is a directory, following symlinks (a bind source).
     fn is_dir(&self, path: &Path) -> bool;
+    /// Makes the mount point `dest` (a container path: a file with `file`, else a
+    /// directory, with its parents) inside the rootfs at `root`, resolved inside it (an
+    /// image's symlinks never lead out); one that is there is left as it is.
+    fn make_mount_point(&self, root: &Path, dest: &Path, file: bool) -> std::io::Result<()>;
     /// Whether `path` is a directory itself, not a symlink to one.
     fn is_real_dir(&self, path: &Path) -> bool;
     /// Removes an empty directory or a file; never recursive, so data below a mount that
@@ -201,6 +205,16 @@ impl MountOps for HostMounts {
     fn is_dir(&self, path: &Path) -> bool {
         path.is_dir()
     }
+    fn make_mount_point(&self, root: &Path, dest: &Path, file: bool) -> std::io::Result<()> {
+        let kind = if file {
+            husk_inroot::Create::File
+        } else {
+            husk_inroot::Create::Dir
+        };
+        husk_inroot::open_in_root(root, dest, kind)
+            .map(drop)
+            .map_err(|e| std::io::Error::new(e.source.kind(), e.to_string()))
+    }
     fn is_real_dir(&self, path: &Path) -> bool {
         std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
     }
@@ -226,6 +240,39 @@ impl<M: MountOps> MountShare<M> {
 
     fn err(what: String) -> impl FnOnce(std::io::Error) -> ShimError {
         move |e| ShimError::io(what, e)
+    }
+
+    /// A rootfs shared read-only is read-only to the agent too, so the mount points it
+    /// needs are made here first, in the host's rootfs, as runc makes them before it
+    /// remounts the root read-only (containerd's CRI runs every sandbox that way, and
+    /// mounts /etc/resolv.conf, /etc/hostname, /dev/shm into it). Destinations below
+    /// another mount's are left out: the agent makes those in that mount (a /dev tmpfs).
+    /// /dev is always made: the agent links /dev/fd and friends there.
+    fn make_mount_points(&self, root: &Path, mounts: &[SpecMount]) -> Result<()> {
+        let dests: Vec<PathBuf> = mounts
+            .iter()
+            .map(|m| husk_inroot::clean(Path::new(&m.destination)))
+            .collect();
+        let mut points = vec![(PathBuf::from("dev"), false)];
+        for (m, dest) in mounts.iter().zip(&dests) {
+            let below_another = dests.iter().any(|d| dest != d && dest.starts_with(d));
+            if dest.as_os_str().is_empty() || below_another || points.iter().any(|(p, _)| p == dest)
+            {
+                continue;
+            }
+            let file = m.is_bind() && !self.ops.is_dir(Path::new(&m.source));
+            points.push((dest.clone(), file));
+        }
+        for (dest, file) in points {
+            self.ops
+                .make_mount_point(root, &dest, file)
+                .map_err(Self::err(format!(
+                    "making the mount point /{} in the read-only rootfs {}",
+                    dest.display(),
+                    root.display()
+                )))?;
+        }
+        Ok(())
     }
 
     fn bind(&self, src: &Path, dst: &Path, read_only: bool) -> Result<()> {
@@ -353,6 +400,7 @@ impl<M: MountOps> RootfsShare for MountShare<M> {
         spec: &mut BundleSpec,
     ) -> Result<()> {
         let root = spec.root_path(bundle);
+        let mounts = spec.mounts();
         let binds = rewrite_spec(id, spec)?;
         let dir = container_dir(pod_dir, id);
         let root_dst = dir.join("rootfs");
@@ -367,6 +415,9 @@ impl<M: MountOps> RootfsShare for MountShare<M> {
                  never as a block device)",
                 root_src.display()
             )));
+        }
+        if spec.root_readonly() {
+            self.make_mount_points(&root_src, &mounts)?;
         }
         self.bind(&root_src, &root_dst, spec.root_readonly())?;
         for (i, src, ro) in binds {
@@ -473,6 +524,14 @@ mod tests {
         fn touch(&self, p: &Path) -> std::io::Result<()> {
             self.push(format!("touch {}", p.display()))
         }
+        fn make_mount_point(&self, root: &Path, dest: &Path, file: bool) -> std::io::Result<()> {
+            let kind = if file { "file" } else { "dir" };
+            self.push(format!(
+                "mount point {} {} {kind}",
+                root.display(),
+                dest.display()
+            ))
+        }
         fn is_dir(&self, p: &Path) -> bool {
             p.extension().is_none()
         }
@@ -542,6 +601,9 @@ mod tests {
             [
                 "mkdir /p/mounts/c1/rootfs",
                 "mount overlay /b/rootfs overlay empty index=off,workdir=/w,upperdir=/u,lowerdir=/l",
+                "mount point /b/rootfs dev dir",
+                "mount point /b/rootfs data dir",
+                "mount point /b/rootfs etc/hosts file",
                 "bind /b/rootfs /p/mounts/c1/rootfs ro",
                 "mkdir /p/mounts/c1/mounts/0",
                 "bind /srv/data /p/mounts/c1/mounts/0 ro",

@@ -35,13 +35,7 @@ impl SysError {
 }
 
 /// The kind of object a mount destination must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Create {
-    /// A directory (created with its parents if missing).
-    Dir,
-    /// A regular file (created empty, parents created, if missing).
-    File,
-}
+pub use husk_inroot::Create;
 
 /// A destination resolved inside the rootfs. The path is valid while the value lives:
 /// on a real kernel it is `/proc/self/fd/N` of an `O_PATH` fd that cannot escape the root.
