@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing husk needs on a fresh Debian 12 machine. Idempotent.
+# runc, crun and runsc (gVisor) are the peers the benchmarks measure husk against.
 set -euo pipefail
-pkgs=(busybox-static kmod cpio python3 hyperfine runc crun containerd file
+pkgs=(busybox-static kmod cpio python3 hyperfine runc crun runsc containerd file
       linux-source-6.12 bc flex bison libelf-dev libssl-dev make gcc xz-utils
       libcap-ng-dev libseccomp-dev pkg-config protobuf-compiler containernetworking-plugins)
 need=()
