@@ -147,12 +147,82 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         .map_err(|e: seccompiler::BackendError| SeccompError::Build(kind, e.to_string()))
 }
 
+impl ThreadKind {
+    fn name(self) -> &'static [u8] {
+        match self {
+            ThreadKind::Vcpu => b"vcpu",
+            ThreadKind::EventLoop => b"event-loop",
+            ThreadKind::Console => b"console",
+            ThreadKind::Main => b"main",
+        }
+    }
+}
+
+thread_local! {
+    /// The filter this thread runs under, for the SIGSYS line: a const-initialised `Cell`
+    /// of a static slice has no destructor and no lazy initialisation, so reading it in
+    /// the signal handler is a plain TLS load.
+    static FILTERED_AS: std::cell::Cell<&'static [u8]> = const { std::cell::Cell::new(b"unfiltered") };
+}
+
+/// Appends `n` in decimal to `buf` at `at`; returns the new end (signal-safe).
+fn put_decimal(buf: &mut [u8], mut at: usize, n: u64) -> usize {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        if at < buf.len() {
+            buf[at] = d;
+            at += 1;
+        }
+    }
+    at
+}
+
+fn put(buf: &mut [u8], mut at: usize, s: &[u8]) -> usize {
+    for &b in s {
+        if at < buf.len() {
+            buf[at] = b;
+            at += 1;
+        }
+    }
+    at
+}
+
 /// Exit code after a blocked syscall: the vmm's internal-error code.
 const BLOCKED_SYSCALL_EXIT: i32 = 1;
 
-/// Installs a process-wide SIGSYS handler that writes `husk-vmm: seccomp blocked syscall N`
-/// on stderr and exits with the internal-error code. Call once, before any filter.
+/// glibc's malloc gives threads arenas of their own. When a thread frees memory into
+/// another arena's heap and that heap shrinks, glibc first reads
+/// `/proc/sys/vm/overcommit_memory` (once per process): an `openat` that no thread's filter
+/// allows. Seen as `seccomp blocked syscall 257 on the main thread` when the main thread
+/// dropped the devices at a VM's end (VM test 27, under strace: `__libc_free` ->
+/// `__open64_nocancel`). With one arena there are no such heaps (the main arena shrinks
+/// with brk); the vmm's threads allocate little after start-up, so they hardly contend,
+/// and fewer arenas are less memory. Must run before the vmm starts a thread.
+fn single_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; no thread allocates concurrently
+    // (the vmm has not started one yet).
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Installs a process-wide SIGSYS handler that writes `husk-vmm: seccomp blocked syscall N
+/// on the KIND thread (tid T)` on stderr and exits with the internal-error code, and keeps
+/// the allocator from making syscalls the filters refuse (see [`single_malloc_arena`]).
+/// Call once, before any filter and before the vmm starts a thread.
 pub fn report_blocked_syscalls() -> std::io::Result<()> {
+    single_malloc_arena();
     extern "C" fn on_sigsys(
         _sig: libc::c_int,
         info: *mut libc::siginfo_t,
@@ -164,23 +234,20 @@ pub fn report_blocked_syscalls() -> std::io::Result<()> {
         // syscall number is the int at byte 24 (after si_signo, si_errno, si_code, padding
         // and the 8-byte _call_addr of the _sigsys union member).
         let nr = unsafe { std::ptr::read_unaligned((info as *const u8).add(24) as *const i32) };
-        let prefix = b"husk-vmm: seccomp blocked syscall ";
-        let mut digits = [0u8; 12];
-        let mut n = nr.unsigned_abs();
-        let mut i = digits.len() - 1;
-        digits[i] = b'\n';
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 || i == 0 {
-                break;
-            }
-        }
+        let kind = FILTERED_AS.try_with(|k| k.get()).unwrap_or(b"?");
+        // SAFETY: gettid has no arguments and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+        let mut line = [0u8; 128];
+        let mut at = put(&mut line, 0, b"husk-vmm: seccomp blocked syscall ");
+        at = put_decimal(&mut line, at, u64::from(nr.unsigned_abs()));
+        at = put(&mut line, at, b" on the ");
+        at = put(&mut line, at, kind);
+        at = put(&mut line, at, b" thread (tid ");
+        at = put_decimal(&mut line, at, tid.unsigned_abs());
+        at = put(&mut line, at, b")\n");
         // SAFETY: writing a stack buffer to stderr and exiting; both are signal-safe.
         unsafe {
-            libc::write(2, prefix.as_ptr().cast(), prefix.len());
-            libc::write(2, digits[i..].as_ptr().cast(), digits.len() - i);
+            libc::write(2, line.as_ptr().cast(), at);
             libc::_exit(BLOCKED_SYSCALL_EXIT);
         }
     }
@@ -199,7 +266,9 @@ pub fn report_blocked_syscalls() -> std::io::Result<()> {
 /// Installs the filter for `kind` on the calling thread.
 pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
     let prog = filter(kind)?;
-    seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(kind, e))
+    seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(kind, e))?;
+    FILTERED_AS.with(|k| k.set(kind.name()));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -236,10 +305,11 @@ mod tests {
         let text = String::from_utf8_lossy(&out[..n.max(0) as usize]).to_string();
         assert!(libc::WIFEXITED(status), "status {status:#x}");
         assert_eq!(libc::WEXITSTATUS(status), BLOCKED_SYSCALL_EXIT);
-        assert_eq!(
-            text.trim(),
-            format!("husk-vmm: seccomp blocked syscall {}", libc::SYS_openat)
+        let want = format!(
+            "husk-vmm: seccomp blocked syscall {} on the console thread (tid {pid})",
+            libc::SYS_openat
         );
+        assert_eq!(text.trim(), want);
     }
 
     #[test]
