@@ -31,6 +31,97 @@ pub enum ConfigError {
         value: String,
         why: &'static str,
     },
+    #[error("rate limiter of {device}, {bucket} bucket {got}: {why}")]
+    RateLimiter {
+        device: String,
+        bucket: &'static str,
+        got: String,
+        why: &'static str,
+    },
+}
+
+/// The longest refill time a token bucket may have: one day. Longer is a typo, not a
+/// limit (and would overflow the nanosecond arithmetic long before u64 ms do).
+pub const MAX_REFILL_TIME_MS: u64 = 86_400_000;
+
+/// One token bucket of a rate limiter (see `rate_limiter`): it holds at most `size`
+/// tokens (bytes or requests), refills from empty to full in `refill_time_ms`, and starts
+/// with `one_time_burst` extra tokens that are spent first and never come back. All zeros
+/// is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucketConfig {
+    pub size: u64,
+    pub refill_time_ms: u64,
+    #[serde(default)]
+    pub one_time_burst: u64,
+}
+
+impl TokenBucketConfig {
+    /// No limit: every field is zero.
+    pub fn is_unlimited(&self) -> bool {
+        self.size == 0 && self.refill_time_ms == 0 && self.one_time_burst == 0
+    }
+
+    /// Why this bucket makes no sense, if it does not.
+    fn check(&self) -> Result<(), &'static str> {
+        if self.is_unlimited() {
+            return Ok(());
+        }
+        if self.size == 0 {
+            return Err(
+                "size is 0 but refill_time_ms or one_time_burst is not: give a size, \
+                        or all zeros for no limit",
+            );
+        }
+        if self.refill_time_ms == 0 {
+            return Err(
+                "refill_time_ms is 0: a bucket refills over some time (all zeros for \
+                        no limit)",
+            );
+        }
+        if self.refill_time_ms > MAX_REFILL_TIME_MS {
+            return Err("refill_time_ms is above one day (86400000)");
+        }
+        Ok(())
+    }
+}
+
+/// A device's rate limiter: a bandwidth bucket (tokens are bytes) and an operations
+/// bucket (tokens are requests or frames); a bucket left out does not limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiterConfig {
+    #[serde(default)]
+    pub bandwidth: Option<TokenBucketConfig>,
+    #[serde(default)]
+    pub ops: Option<TokenBucketConfig>,
+}
+
+impl RateLimiterConfig {
+    /// Whether neither bucket limits anything.
+    pub fn is_unlimited(&self) -> bool {
+        [self.bandwidth, self.ops]
+            .iter()
+            .all(|b| b.is_none_or(|b| b.is_unlimited()))
+    }
+
+    /// Checks both buckets; `device` names the device in the error.
+    pub fn validate(&self, device: &str) -> Result<(), ConfigError> {
+        for (bucket, b) in [("bandwidth", self.bandwidth), ("ops", self.ops)] {
+            let Some(b) = b else { continue };
+            b.check().map_err(|why| ConfigError::RateLimiter {
+                device: device.to_string(),
+                bucket,
+                got: format!(
+                    "{{size: {}, refill_time_ms: {}, one_time_burst: {}}}",
+                    b.size, b.refill_time_ms, b.one_time_burst
+                ),
+                why,
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Where the serial console goes.
@@ -73,6 +164,9 @@ pub struct DriveConfig {
     /// Serial number the guest sees (VIRTIO_BLK_T_GET_ID), at most 20 bytes.
     #[serde(default)]
     pub id: Option<String>,
+    /// Limits the guest's requests: bytes read or written, and requests.
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -96,6 +190,12 @@ pub struct NetConfig {
     /// (`snapshot_to`), whose NIC a restored pod's VM connects to its own tap.
     #[serde(default)]
     pub detached: bool,
+    /// Limits what the guest receives (frames from the tap), in bytes and frames.
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limits what the guest sends (frames to the tap), in bytes and frames.
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -233,6 +333,9 @@ impl VmConfig {
                     why: "longer than 20 bytes",
                 });
             }
+            if let Some(r) = &d.rate_limiter {
+                r.validate(&format!("drive {}", d.path.display()))?;
+            }
         }
         if self.snapshot_to.is_some() && self.restore_from.is_some() {
             return Err(ConfigError::Invalid {
@@ -249,6 +352,11 @@ impl VmConfig {
             });
         }
         for n in &self.net {
+            for (dir, r) in [("rx", &n.rx_rate_limiter), ("tx", &n.tx_rate_limiter)] {
+                if let Some(r) = r {
+                    r.validate(&format!("net {} {dir}", n.tap))?;
+                }
+            }
             if n.detached && self.snapshot_to.is_none() {
                 return Err(ConfigError::Invalid {
                     what: "net",
@@ -314,6 +422,7 @@ impl DriveConfig {
             read_only: false,
             format: ImageFormat::Raw,
             id: None,
+            rate_limiter: None,
         };
         for (i, (k, v)) in parse_kv(s).into_iter().enumerate() {
             match (k, v) {
@@ -378,6 +487,8 @@ impl NetConfig {
             tap: String::new(),
             mac: None,
             detached: false,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
         };
         for (i, (k, v)) in parse_kv(s).into_iter().enumerate() {
             match (k, v) {
@@ -491,6 +602,8 @@ mod tests {
             tap: String::new(),
             mac: None,
             detached: true,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
         });
         // A detached NIC only in a template VM; a restored VM's NIC needs its tap.
         assert!(c.validate().is_err());
@@ -505,6 +618,133 @@ mod tests {
         c.validate().unwrap();
         c.net[0].detached = false;
         assert!(c.validate().is_err());
+    }
+
+    fn with_drive_limiter(json: &str) -> Result<VmConfig, ConfigError> {
+        let text = format!(r#"{{"kernel":"/k","drives":[{{"path":"/d","rate_limiter":{json}}}]}}"#);
+        let c: VmConfig = serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: "vm.json".into(),
+            msg: e.to_string(),
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn rate_limiter_config() {
+        let c = with_drive_limiter(
+            r#"{"bandwidth":{"size":4194304,"refill_time_ms":1000,"one_time_burst":1048576},
+                "ops":{"size":100,"refill_time_ms":1000}}"#,
+        )
+        .unwrap();
+        let r = c.drives[0].rate_limiter.unwrap();
+        assert_eq!(
+            r.bandwidth,
+            Some(TokenBucketConfig {
+                size: 4 << 20,
+                refill_time_ms: 1000,
+                one_time_burst: 1 << 20
+            })
+        );
+        assert_eq!(r.ops.unwrap().one_time_burst, 0);
+        assert!(!r.is_unlimited());
+        // Absent, empty or all zeros: no limit.
+        let c = with_drive_limiter("{}").unwrap();
+        assert!(c.drives[0].rate_limiter.unwrap().is_unlimited());
+        let c = with_drive_limiter(r#"{"ops":{"size":0,"refill_time_ms":0}}"#).unwrap();
+        assert!(c.drives[0].rate_limiter.unwrap().is_unlimited());
+        let c: VmConfig = serde_json::from_str(r#"{"drives":[{"path":"/d"}]}"#).unwrap();
+        assert_eq!(c.drives[0].rate_limiter, None);
+        // TOML too.
+        let c: VmConfig = toml::from_str(
+            "kernel = \"/k\"\n[[net]]\ntap = \"t\"\n[net.tx_rate_limiter.bandwidth]\n\
+             size = 1000\nrefill_time_ms = 10\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.net[0].tx_rate_limiter.unwrap().bandwidth.unwrap().size,
+            1000
+        );
+        assert_eq!(c.net[0].rx_rate_limiter, None);
+    }
+
+    #[test]
+    fn rate_limiter_nonsense_is_a_config_error() {
+        // Parse errors: a missing field, an unknown one, a negative or fractional number.
+        for bad in [
+            r#"{"bandwidth":{"size":1}}"#,
+            r#"{"bandwidth":{"refill_time_ms":1}}"#,
+            r#"{"bandwidth":{"size":1,"refill_time_ms":1,"burst":1}}"#,
+            r#"{"bw":{"size":1,"refill_time_ms":1}}"#,
+            r#"{"ops":{"size":-1,"refill_time_ms":1}}"#,
+            r#"{"ops":{"size":1.5,"refill_time_ms":1}}"#,
+            r#"{"ops":{"size":"10","refill_time_ms":1}}"#,
+            r#"{"ops":{"size":18446744073709551616,"refill_time_ms":1}}"#,
+            "4",
+            r#""fast""#,
+        ] {
+            assert!(
+                matches!(with_drive_limiter(bad), Err(ConfigError::Parse { .. })),
+                "{bad}"
+            );
+        }
+        // Validation errors: half a bucket, or a refill time that is a typo.
+        for (bad, why) in [
+            (
+                r#"{"bandwidth":{"size":1000,"refill_time_ms":0}}"#,
+                "refill_time_ms is 0",
+            ),
+            (r#"{"ops":{"size":0,"refill_time_ms":100}}"#, "size is 0"),
+            (
+                r#"{"ops":{"size":0,"refill_time_ms":0,"one_time_burst":5}}"#,
+                "size is 0",
+            ),
+            (
+                r#"{"ops":{"size":1,"refill_time_ms":86400001}}"#,
+                "above one day",
+            ),
+            (
+                r#"{"ops":{"size":1,"refill_time_ms":18446744073709551615}}"#,
+                "above one day",
+            ),
+        ] {
+            let e = with_drive_limiter(bad).unwrap_err();
+            let text = e.to_string();
+            assert!(
+                matches!(e, ConfigError::RateLimiter { .. }),
+                "{bad}: {text}"
+            );
+            assert!(text.contains(why), "{bad}: {text}");
+            assert!(text.starts_with("rate limiter of drive /d, "), "{text}");
+        }
+        // The largest values that make sense are taken.
+        with_drive_limiter(&format!(
+            r#"{{"bandwidth":{{"size":{},"refill_time_ms":{MAX_REFILL_TIME_MS},"one_time_burst":{}}}}}"#,
+            u64::MAX,
+            u64::MAX
+        ))
+        .unwrap();
+        // A NIC's limiters are checked too, and named by direction.
+        let mut c = VmConfig {
+            kernel: Some("/k".into()),
+            ..VmConfig::default()
+        };
+        let mut n = NetConfig::parse("tap0").unwrap();
+        n.rx_rate_limiter = Some(RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(TokenBucketConfig {
+                size: 0,
+                refill_time_ms: 5,
+                one_time_burst: 0,
+            }),
+        });
+        c.net.push(n);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("rate limiter of net tap0 rx, ops bucket"),
+            "{e}"
+        );
     }
 
     #[test]

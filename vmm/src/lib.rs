@@ -14,6 +14,7 @@ pub mod exit;
 pub mod file_size;
 pub mod logger;
 pub mod memory;
+pub mod rate_limiter;
 pub mod seccomp;
 pub mod snapshot;
 pub mod vcpu;

@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         read_only: size & 0x80 != 0,
         format: ImageFormat::Raw,
         id: None,
+        rate_limiter: None,
     })
     .unwrap();
     let mem = common::memory(rest);

@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
         read_only: false,
         format: ImageFormat::Raw,
         id: None,
+        rate_limiter: None,
     })
     .unwrap();
     let mem = common::memory(&[]);

@@ -75,6 +75,7 @@ fuzz_target!(|data: &[u8]| {
             read_only: false,
             format: ImageFormat::Raw,
             id: None,
+            rate_limiter: None,
         })
         .unwrap();
         let mem = common::memory(&[]);

@@ -67,6 +67,12 @@ impl GuestQueue {
         QueueT::add_used(&mut self.queue, mem, head, len)
     }
 
+    /// Puts the chain [`GuestQueue::pop`] returned last back: the next pop returns it
+    /// again (a device that may not take it yet, see `rate_limiter`).
+    pub fn undo_pop(&mut self) {
+        self.queue.go_to_previous_position();
+    }
+
     /// Whether the driver broke the queue (see the module comment).
     pub fn is_broken(&self) -> bool {
         self.broken

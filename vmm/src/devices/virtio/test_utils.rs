@@ -99,6 +99,46 @@ pub fn at_least(logged: &[(log::Level, String)], level: log::Level) -> Vec<&str>
         .collect()
 }
 
+/// A clock for rate limiters that tests move by hand (nanoseconds).
+#[derive(Debug, Clone, Default)]
+pub struct FakeClock(pub std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl FakeClock {
+    pub fn advance_ms(&self, ms: u64) {
+        self.advance_ns(ms * 1_000_000);
+    }
+    pub fn advance_ns(&self, ns: u64) {
+        self.0.fetch_add(ns, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl crate::rate_limiter::Clock for FakeClock {
+    fn now_ns(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A rate limiter on `clock` with the given buckets (size, refill ms; no burst).
+pub fn limiter(
+    bandwidth: Option<(u64, u64)>,
+    ops: Option<(u64, u64)>,
+    clock: &FakeClock,
+) -> crate::rate_limiter::RateLimiter {
+    use crate::config::{RateLimiterConfig, TokenBucketConfig};
+    let bucket = |b: Option<(u64, u64)>| {
+        b.map(|(size, refill_time_ms)| TokenBucketConfig {
+            size,
+            refill_time_ms,
+            one_time_burst: 0,
+        })
+    };
+    let cfg = RateLimiterConfig {
+        bandwidth: bucket(bandwidth),
+        ops: bucket(ops),
+    };
+    crate::rate_limiter::RateLimiter::with_clock(Some(&cfg), Box::new(clock.clone())).unwrap()
+}
+
 #[derive(Debug, Default)]
 pub struct RecordingRegistry {
     pub added: Vec<(RawFd, u32, EventSet)>,

@@ -1,5 +1,7 @@
 //! The virtio-blk device model: config space, feature bits and the request queue handler.
-//! Read-only is enforced here, whatever the guest negotiated.
+//! Read-only is enforced here, whatever the guest negotiated. A configured rate limiter
+//! (`rate_limiter`) charges each request one op and its data bytes (reads and writes);
+//! when it is short the request stays in the queue until the limiter's timer fires.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -8,6 +10,7 @@ use std::sync::Arc;
 
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::epoll::EventSet;
 
 use super::request::{status_of, Request, RequestType};
 use super::{
@@ -21,14 +24,22 @@ use crate::devices::virtio::{
     INT_USED_RING, TYPE_BLOCK,
 };
 use crate::memory::GuestMemory;
+use crate::rate_limiter::{RateLimiter, RateLimiterError};
 
 pub const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+/// Event token of the rate limiter's timer.
+pub const TOKEN_RATE_LIMITER: u32 = 0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
     #[error("opening disk image {path}: {err}")]
     Open { path: PathBuf, err: std::io::Error },
+    #[error("drive {path}: {err}")]
+    RateLimiter {
+        path: PathBuf,
+        err: RateLimiterError,
+    },
 }
 
 struct Active {
@@ -52,6 +63,7 @@ pub struct Block {
     state: State,
     /// Requests failed by the disk image (a full file system, RLIMIT_FSIZE, EIO).
     io_errors: u64,
+    limiter: RateLimiter,
 }
 
 impl Block {
@@ -74,12 +86,14 @@ impl Block {
         let name = cfg.id.clone().unwrap_or_else(|| default_id(&cfg.path));
         let n = name.len().min(ID_BYTES);
         id[..n].copy_from_slice(&name.as_bytes()[..n]);
-        Ok(Block::from_parts(
-            file,
-            cfg.read_only,
-            len >> SECTOR_SHIFT,
-            id,
-        ))
+        let limiter =
+            RateLimiter::new(cfg.rate_limiter.as_ref()).map_err(|err| BlockError::RateLimiter {
+                path: cfg.path.clone(),
+                err,
+            })?;
+        let mut b = Block::from_parts(file, cfg.read_only, len >> SECTOR_SHIFT, id);
+        b.limiter = limiter;
+        Ok(b)
     }
 
     fn from_parts(file: File, read_only: bool, capacity: u64, id: [u8; ID_BYTES]) -> Block {
@@ -95,7 +109,18 @@ impl Block {
             config,
             state: State::Inactive,
             io_errors: 0,
+            limiter: RateLimiter::unlimited(),
         }
+    }
+
+    /// Replaces the rate limiter (tests give one on a fake clock). Before the device is
+    /// added to the event loop: the timer is registered then.
+    pub fn set_rate_limiter(&mut self, limiter: RateLimiter) {
+        self.limiter = limiter;
+    }
+
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.limiter
     }
 
     pub fn capacity(&self) -> u64 {
@@ -187,7 +212,8 @@ impl Block {
             .map_err(std::io::Error::other)
     }
 
-    /// Drains the request queue; returns how many requests completed.
+    /// Drains the request queue, as far as the rate limiter lets it; returns how many
+    /// requests completed.
     pub fn process_queue(&mut self) -> usize {
         let State::Active(active) = &mut self.state else {
             return 0;
@@ -196,12 +222,29 @@ impl Block {
         let interrupt = active.interrupt.clone();
         let mut done = 0;
         while let State::Active(active) = &mut self.state {
+            // Blocked: the timer resumes the queue; a kick meanwhile reads no ring.
+            if self.limiter.is_blocked() {
+                break;
+            }
             let Some(chain) = active.queue.pop(&mem) else {
                 break;
             };
             let head = chain.head_index();
             let max_segments = usize::from(active.queue.size());
             let parsed = Request::parse(chain.clone(), &mem, self.capacity, max_segments);
+            // Every chain costs an op, malformed ones too; reads and writes their bytes.
+            let bytes = match &parsed {
+                Ok(r) if matches!(r.rtype, RequestType::In | RequestType::Out) => {
+                    u64::from(r.data_len)
+                }
+                _ => 0,
+            };
+            if !self.limiter.consume(bytes) {
+                // The chain goes back: it is taken again, whole, when the timer fires (and
+                // a snapshot meanwhile finds the queue where the used ring says).
+                active.queue.undo_pop();
+                break;
+            }
             let used_len = match parsed {
                 Ok(req) => {
                     let (status, written) = self.execute(&mem, &req);
@@ -274,7 +317,22 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self, _: &mut dyn EventRegistry) {
+        // On a vCPU thread: the limiter is left as it is (a timer armed fires, and finds
+        // the device inactive or active again).
         self.state = State::Inactive;
+    }
+
+    fn init_events(&mut self, reg: &mut dyn EventRegistry) {
+        if let Some(fd) = self.limiter.timer_fd() {
+            reg.add(fd, TOKEN_RATE_LIMITER, EventSet::IN);
+        }
+    }
+
+    fn process_event(&mut self, token: u32, _: EventSet, _: &mut dyn EventRegistry) {
+        if token == TOKEN_RATE_LIMITER {
+            self.limiter.on_timer();
+            self.process_queue();
+        }
     }
 
     fn queue_notify(&mut self, index: usize, _: &mut dyn EventRegistry) {

@@ -1,6 +1,9 @@
 //! The virtio-net device model: queue 0 receives (tap -> guest), queue 1 transmits
 //! (guest -> tap). Frames go through one fixed buffer each way (a frame of at most
-//! [`MAX_FRAME`] bytes); nothing is allocated per frame.
+//! [`MAX_FRAME`] bytes); nothing is allocated per frame. Each direction may have a rate
+//! limiter (`rate_limiter`; a frame is one op and its bytes, header included): a TX chain
+//! it refuses stays in the queue, an RX frame it refuses stays read (`pending`) with the
+//! tap unwatched, until the limiter's timer fires.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -21,12 +24,16 @@ use crate::devices::virtio::{
     INT_USED_RING, TYPE_NET,
 };
 use crate::memory::GuestMemory;
+use crate::rate_limiter::RateLimiter;
 
 pub const RXQ: usize = 0;
 pub const TXQ: usize = 1;
 pub const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE; 2];
 const TOKEN_TAP: u32 = 0;
+/// Event tokens of the rate limiters' timers.
+pub const TOKEN_RX_LIMITER: u32 = 1;
+pub const TOKEN_TX_LIMITER: u32 = 2;
 
 struct Active {
     mem: GuestMemory,
@@ -56,6 +63,8 @@ pub struct Net {
     tx_buf: Vec<u8>,
     /// The used-ring entries of the frame being delivered (capacity: the queue's size).
     rx_used: Vec<(u16, u32)>,
+    rx_limiter: RateLimiter,
+    tx_limiter: RateLimiter,
 }
 
 impl Net {
@@ -64,14 +73,23 @@ impl Net {
             Some(m) => parse_mac(m)?,
             None => [0x06, 0x00, 0x48, 0x55, 0x53, 0x4b],
         };
-        if cfg.detached {
-            return Ok(Net::with_tap(tap::detached()?, mac, Box::new(NoOffload)));
-        }
-        Ok(Net::with_tap(
-            tap::open(&cfg.tap)?,
-            mac,
-            Box::new(TunSetOffload),
-        ))
+        let limiter = |c: &Option<crate::config::RateLimiterConfig>| {
+            RateLimiter::new(c.as_ref()).map_err(|err| NetError::RateLimiter {
+                name: cfg.tap.clone(),
+                err,
+            })
+        };
+        let (rx, tx) = (
+            limiter(&cfg.rx_rate_limiter)?,
+            limiter(&cfg.tx_rate_limiter)?,
+        );
+        let mut n = if cfg.detached {
+            Net::with_tap(tap::detached()?, mac, Box::new(NoOffload))
+        } else {
+            Net::with_tap(tap::open(&cfg.tap)?, mac, Box::new(TunSetOffload))
+        };
+        n.set_rate_limiters(rx, tx);
+        Ok(n)
     }
 
     /// A device over any tap-like file (tests use a socket pair) and its offload switch.
@@ -86,7 +104,16 @@ impl Net {
             rx_buf: vec![0u8; MAX_FRAME + 1],
             tx_buf: vec![0u8; MAX_FRAME],
             rx_used: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            rx_limiter: RateLimiter::unlimited(),
+            tx_limiter: RateLimiter::unlimited(),
         }
+    }
+
+    /// Sets the receive and transmit limiters, before the device is added to the event
+    /// loop (their timers are registered then).
+    pub fn set_rate_limiters(&mut self, rx: RateLimiter, tx: RateLimiter) {
+        self.rx_limiter = rx;
+        self.tx_limiter = tx;
     }
 
     /// Sends the guest's frames to the tap; returns how many chains were consumed.
@@ -96,10 +123,23 @@ impl Net {
         };
         let mem = a.mem.clone();
         let mut used = 0;
-        while let Some(chain) = a.tx.pop(&mem) {
+        // Blocked: the timer resumes the queue; a kick meanwhile reads no ring.
+        while !self.tx_limiter.is_blocked() {
+            let Some(chain) = a.tx.pop(&mem) else {
+                break;
+            };
             let head = chain.head_index();
-            if let Ok(mut r) = chain.reader(&mem) {
-                let len = r.available_bytes();
+            let reader = chain.reader(&mem).ok();
+            // Malformed chains cost an op too; a chain longer than a frame is dropped, and
+            // charged as the longest frame.
+            let bytes = reader.as_ref().map_or(0, |r| r.available_bytes());
+            if !self.tx_limiter.consume(bytes.min(MAX_FRAME + 1) as u64) {
+                // Sent whole when the timer fires.
+                a.tx.undo_pop();
+                break;
+            }
+            if let Some(mut r) = reader {
+                let len = bytes;
                 // Oversized or header-less frames are dropped, not truncated; so are
                 // frames whose header asks for what was not negotiated or is malformed.
                 if (HDR_LEN..=MAX_FRAME).contains(&len)
@@ -145,10 +185,22 @@ impl Net {
                     Err(_) => break,
                 },
             };
+            if !self.rx_limiter.consume(len as u64) {
+                // Kept, with the tap unwatched (it would be readable all along), until
+                // the timer fires.
+                self.pending = Some(len);
+                if self.watching {
+                    reg.modify(self.tap.as_raw_fd(), TOKEN_TAP, EventSet::empty());
+                    self.watching = false;
+                }
+                break;
+            }
             let mergeable = a.acked & VIRTIO_NET_F_MRG_RXBUF != 0;
             let frame = &mut self.rx_buf[..len];
             match rx::write_frame(&mut a.rx, &mem, frame, mergeable, &mut self.rx_used) {
                 Outcome::NoBuffers => {
+                    // Not delivered: charged again when it is.
+                    self.rx_limiter.refund(len as u64);
                     // Keep the frame and stop watching the tap until the guest adds
                     // buffers (else epoll would report it readable forever).
                     self.pending = Some(len);
@@ -169,6 +221,11 @@ impl Net {
         }
         if used > 0 {
             a.interrupt.signal(INT_USED_RING);
+        }
+        // Everything the tap had went in (after a wait for the limiter): watch it again.
+        if self.pending.is_none() && !self.watching {
+            reg.modify(self.tap.as_raw_fd(), TOKEN_TAP, EventSet::IN);
+            self.watching = true;
         }
         used
     }
@@ -236,6 +293,14 @@ impl VirtioDevice for Net {
 
     fn init_events(&mut self, reg: &mut dyn EventRegistry) {
         reg.add(self.tap.as_raw_fd(), TOKEN_TAP, EventSet::IN);
+        for (l, token) in [
+            (&self.rx_limiter, TOKEN_RX_LIMITER),
+            (&self.tx_limiter, TOKEN_TX_LIMITER),
+        ] {
+            if let Some(fd) = l.timer_fd() {
+                reg.add(fd, token, EventSet::IN);
+            }
+        }
     }
 
     fn needs_reset(&self) -> bool {
@@ -243,8 +308,19 @@ impl VirtioDevice for Net {
     }
 
     fn process_event(&mut self, token: u32, _: EventSet, reg: &mut dyn EventRegistry) {
-        if token != TOKEN_TAP {
-            return;
+        match token {
+            TOKEN_RX_LIMITER => {
+                self.rx_limiter.on_timer();
+                self.process_rx(reg);
+                return;
+            }
+            TOKEN_TX_LIMITER => {
+                self.tx_limiter.on_timer();
+                self.process_tx();
+                return;
+            }
+            TOKEN_TAP => {}
+            _ => return,
         }
         if matches!(self.state, State::Active(_)) {
             self.process_rx(reg);

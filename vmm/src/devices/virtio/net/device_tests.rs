@@ -5,7 +5,10 @@ use std::sync::Mutex;
 use super::*;
 use crate::devices::virtio::net::features::*;
 use crate::devices::virtio::net::header::{F_NEEDS_CSUM, GSO_TCPV4};
-use crate::devices::virtio::test_utils::{desc, mem, used, RecordingRegistry, F_NEXT, F_WRITE};
+use crate::devices::virtio::test_utils::{
+    desc, limiter, mem, used, FakeClock, RecordingRegistry, F_NEXT, F_WRITE,
+};
+use crate::rate_limiter::RateLimiter;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -462,4 +465,138 @@ fn case_06_a_runaway_rx_index_stops_rx_without_a_busy_loop() {
     assert!(used(&rxq).is_empty());
     // The tap is left unwatched: epoll does not report it again and again.
     assert_eq!(reg.added[0].2, EventSet::empty());
+}
+
+/// Publishes `n` TX frames of `len` bytes (one descriptor each, at descriptors 0..n).
+fn post_tx(m: &GuestMemory, txq: &MockSplitQueue<'_, GuestMemory>, n: u16, len: u32) {
+    m.write_slice(&frame(len as usize), GuestAddress(TX_BUFS))
+        .unwrap();
+    for i in 0..n {
+        txq.add_desc_chains(&[desc(TX_BUFS, len, 0, 0)], i).unwrap();
+    }
+}
+
+fn drain(peer: &UnixDatagram) -> usize {
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while peer.recv(&mut buf).is_ok() {
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn case_42_tx_waits_for_the_limiter_and_drops_nothing() {
+    let m = mem();
+    let (mut n, peer, _rxq, txq) = setup(&m);
+    let clock = FakeClock::default();
+    // 3000 bytes per 100 ms: two 1000-byte frames, then the third waits for the rest.
+    n.set_rate_limiters(
+        RateLimiter::unlimited(),
+        limiter(Some((3000, 100)), None, &clock),
+    );
+    let mut reg = RecordingRegistry::default();
+    n.init_events(&mut reg);
+    let timer = n.tx_limiter.timer_fd().unwrap();
+    assert!(reg.added.contains(&(timer, TOKEN_TX_LIMITER, EventSet::IN)));
+    post_tx(&m, &txq, 5, 1000);
+    n.queue_notify(TXQ, &mut reg);
+    assert_eq!((used(&txq).len(), drain(&peer)), (3, 3));
+    assert!(n.tx_limiter.is_blocked());
+    // Kicks while blocked send nothing.
+    n.queue_notify(TXQ, &mut reg);
+    assert_eq!(used(&txq).len(), 3);
+    clock.advance_ms(34);
+    n.process_event(TOKEN_TX_LIMITER, EventSet::IN, &mut reg);
+    assert_eq!((used(&txq).len(), drain(&peer)), (4, 1));
+    clock.advance_ms(34);
+    n.process_event(TOKEN_TX_LIMITER, EventSet::IN, &mut reg);
+    assert_eq!((used(&txq).len(), drain(&peer)), (5, 1));
+    assert!(!n.tx_limiter.is_blocked());
+}
+
+#[test]
+fn case_42_tx_ops_limit_counts_frames() {
+    let m = mem();
+    let (mut n, peer, _rxq, txq) = setup(&m);
+    let clock = FakeClock::default();
+    n.set_rate_limiters(
+        RateLimiter::unlimited(),
+        limiter(None, Some((2, 1000)), &clock),
+    );
+    post_tx(&m, &txq, 4, 100);
+    n.queue_notify(TXQ, &mut RecordingRegistry::default());
+    assert_eq!(drain(&peer), 2);
+    clock.advance_ms(1000);
+    n.process_event(
+        TOKEN_TX_LIMITER,
+        EventSet::IN,
+        &mut RecordingRegistry::default(),
+    );
+    assert_eq!(drain(&peer), 2);
+    assert_eq!(used(&txq).len(), 4);
+}
+
+#[test]
+fn case_42_rx_keeps_the_frame_and_unwatches_the_tap_while_limited() {
+    let m = mem();
+    let (mut n, peer, rxq, _txq) = setup(&m);
+    let clock = FakeClock::default();
+    // One frame per second.
+    n.set_rate_limiters(
+        limiter(None, Some((1, 1000)), &clock),
+        RateLimiter::unlimited(),
+    );
+    let mut reg = RecordingRegistry::default();
+    n.init_events(&mut reg);
+    let tap = reg.added[0].0;
+    let timer = n.rx_limiter.timer_fd().unwrap();
+    assert!(reg.added.contains(&(timer, TOKEN_RX_LIMITER, EventSet::IN)));
+    for i in 0..3 {
+        rxq.add_desc_chains(&[desc(RX_BUFS + i * 0x1000, 2048, F_WRITE, 0)], i as u16)
+            .unwrap();
+    }
+    let f = frame(100);
+    for _ in 0..3 {
+        peer.send(&f).unwrap();
+    }
+    n.process_event(TOKEN_TAP, EventSet::IN, &mut reg);
+    assert_eq!(used(&rxq).len(), 1);
+    // The second frame is read and kept; the tap is not watched (it stays readable).
+    assert_eq!(n.pending, Some(100));
+    assert!(reg.added.contains(&(tap, TOKEN_TAP, EventSet::empty())));
+    // Buffers added meanwhile do not get around the limiter.
+    n.queue_notify(RXQ, &mut reg);
+    assert_eq!(used(&rxq).len(), 1);
+    assert!(reg.added.contains(&(tap, TOKEN_TAP, EventSet::empty())));
+    clock.advance_ms(1000);
+    n.process_event(TOKEN_RX_LIMITER, EventSet::IN, &mut reg);
+    assert_eq!(used(&rxq).len(), 2);
+    clock.advance_ms(1000);
+    n.process_event(TOKEN_RX_LIMITER, EventSet::IN, &mut reg);
+    assert_eq!(used(&rxq), vec![(0, 100), (1, 100), (2, 100)]);
+    // Everything delivered: the tap is watched again.
+    assert_eq!(n.pending, None);
+    assert!(reg.added.contains(&(tap, TOKEN_TAP, EventSet::IN)));
+}
+
+#[test]
+fn case_42_rx_frame_without_buffers_is_not_charged() {
+    let m = mem();
+    let (mut n, peer, rxq, _txq) = setup(&m);
+    let clock = FakeClock::default();
+    n.set_rate_limiters(
+        limiter(None, Some((1, 1000)), &clock),
+        RateLimiter::unlimited(),
+    );
+    let mut reg = RecordingRegistry::default();
+    n.init_events(&mut reg);
+    peer.send(&frame(100)).unwrap();
+    // No buffers: the frame waits for them, and its op is given back.
+    n.process_event(TOKEN_TAP, EventSet::IN, &mut reg);
+    assert_eq!(n.rx_limiter.ops().unwrap().budget(), 1);
+    rxq.add_desc_chains(&[desc(RX_BUFS, 2048, F_WRITE, 0)], 0)
+        .unwrap();
+    n.queue_notify(RXQ, &mut reg);
+    assert_eq!(used(&rxq), vec![(0, 100)]);
 }

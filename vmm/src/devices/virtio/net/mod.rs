@@ -31,6 +31,11 @@ pub enum NetError {
     Mac(String),
     #[error("creating a detached NIC's socket: {0}")]
     Detached(std::io::Error),
+    #[error("net {name}: {err}")]
+    RateLimiter {
+        name: String,
+        err: crate::rate_limiter::RateLimiterError,
+    },
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
