@@ -11,10 +11,18 @@
 //! - `blkbench`: reads all of /dev/vda, then writes its first 64 MiB, with O_DIRECT 1 MiB
 //!   requests, and prints the guest-timed MiB/s of each (the vmm benchmark compares them
 //!   with QEMU's on the same image).
+//! - `blkrate`: reads the first `blkrate_mib=N` MiB (default 32) of /dev/vda, then writes
+//!   them, with O_DIRECT requests of `blkrate_req_kib=K` KiB (default 256), and prints the
+//!   guest-timed MiB/s and requests/s of each (tests/vm/28-vmm-rate-limit.sh: a rate
+//!   limiter's budget as the guest sees it).
 //! - `fs`: mounts the virtio-fs tag `husk` at /mnt, reads `hello.txt`, writes
 //!   `from-guest.txt`.
 //! - `net`: gives eth0 the address 172.30.0.2/24 and brings it up, then waits (the host
 //!   pings it).
+//! - `nettx`: as `net`, then sends `nettx_mib=N` MiB (default 16) of 1400-byte UDP
+//!   datagrams to 172.30.0.1:5001 as fast as the guest can, and prints the guest-timed
+//!   MiB/s (tests/vm/28-vmm-rate-limit.sh: a TX rate limiter).
+//! - `sleep`: waits 2 s (the host samples the vmm before it goes).
 //! - `reboot`: reboots (the vmm exits 0); `panic`: exits, so the kernel panics (exit 4).
 
 #![allow(clippy::unwrap_used)]
@@ -129,6 +137,52 @@ fn blkbench() -> Result<String, String> {
         "read_mib_s={:.1} write_mib_s={:.1} read_bytes={read}",
         mib(read, rt),
         mib(written, wt)
+    ))
+}
+
+/// The number after `key=` on the kernel command line, else `default`.
+fn cmdline_number(cmdline: &str, key: &str, default: usize) -> usize {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn blkrate(cmdline: &str) -> Result<String, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let total = cmdline_number(cmdline, "blkrate_mib", 32) << 20;
+    let req = (cmdline_number(cmdline, "blkrate_req_kib", 256) << 10).clamp(4096, 4 << 20);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open("/dev/vda")
+        .map_err(|e| format!("open /dev/vda: {e}"))?;
+    let mut a = Aligned::new(req);
+    let n = total.div_ceil(req);
+    say("blkrate start");
+    let t0 = std::time::Instant::now();
+    for _ in 0..n {
+        f.read_exact(a.buf(req)).map_err(|e| format!("read: {e}"))?;
+    }
+    let rt = t0.elapsed().as_secs_f64();
+    f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    let t0 = std::time::Instant::now();
+    for _ in 0..n {
+        f.write_all(a.buf(req)).map_err(|e| format!("write: {e}"))?;
+    }
+    f.sync_all().map_err(|e| format!("fsync: {e}"))?;
+    let wt = t0.elapsed().as_secs_f64();
+    let bytes = (n * req) as f64 / (1 << 20) as f64;
+    Ok(format!(
+        "read_mib_s={:.2} write_mib_s={:.2} read_ops_s={:.1} write_ops_s={:.1} read_s={rt:.2} \
+         write_s={wt:.2} mib={bytes:.1} req_kib={}",
+        bytes / rt.max(1e-6),
+        bytes / wt.max(1e-6),
+        n as f64 / rt.max(1e-6),
+        n as f64 / wt.max(1e-6),
+        req >> 10
     ))
 }
 
@@ -259,6 +313,36 @@ fn net_up() -> Result<(), String> {
     Ok(())
 }
 
+fn nettx(cmdline: &str) -> Result<String, String> {
+    net_up()?;
+    let total = cmdline_number(cmdline, "nettx_mib", 16) << 20;
+    let s = std::net::UdpSocket::bind("172.30.0.2:0").map_err(|e| format!("bind: {e}"))?;
+    let to = std::net::SocketAddr::from(([172, 30, 0, 1], 5001));
+    let buf = [0x5au8; 1400];
+    // One datagram first, so the host's MAC is resolved before the clock starts (the ARP
+    // queue would drop what is sent meanwhile).
+    s.send_to(&buf[..8], to).map_err(|e| format!("send: {e}"))?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    say("nettx start");
+    let t0 = std::time::Instant::now();
+    let mut sent = 0usize;
+    while sent < total {
+        match s.send_to(&buf, to) {
+            Ok(n) => sent += n,
+            // A full qdisc: wait for the NIC.
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            Err(e) => return Err(format!("send: {e}")),
+        }
+    }
+    let t = t0.elapsed().as_secs_f64();
+    Ok(format!(
+        "mib_s={:.2} sent_bytes={sent} secs={t:.2}",
+        sent as f64 / (1 << 20) as f64 / t.max(1e-6)
+    ))
+}
+
 fn main() {
     mount("proc", "/proc", "proc");
     mount("sysfs", "/sys", "sysfs");
@@ -289,6 +373,10 @@ fn main() {
                     say(&format!("cpuinfo {l}"));
                 }
             }
+            "blkrate" => match blkrate(&cmdline) {
+                Ok(r) => say(&format!("blkrate {r}")),
+                Err(e) => say(&format!("blkrate FAILED {e}")),
+            },
             "blkbench" => match blkbench() {
                 Ok(r) => say(&format!("blkbench {r}")),
                 Err(e) => say(&format!("blkbench FAILED {e}")),
@@ -357,10 +445,15 @@ fn main() {
                 drop(v);
                 say(&format!("memtouch {sum} pages touched and freed"));
             }
+            "nettx" => match nettx(&cmdline) {
+                Ok(r) => say(&format!("nettx {r}")),
+                Err(e) => say(&format!("nettx FAILED {e}")),
+            },
             "net" => match net_up() {
                 Ok(()) => say("net up 172.30.0.2"),
                 Err(e) => say(&format!("net FAILED {e}")),
             },
+            "sleep" => std::thread::sleep(std::time::Duration::from_secs(2)),
             "reboot" => {
                 say("rebooting");
                 // SAFETY: reboot(2) as PID 1; it does not return on success.

@@ -45,7 +45,8 @@ struct RunArgs {
     /// Serial console: stdout, none, or a file path.
     #[arg(long)]
     serial: Option<String>,
-    /// Disk: path=IMG[,ro][,id=SERIAL] (repeatable).
+    /// Disk: path=IMG[,ro][,id=SERIAL] (repeatable). Rate limiters (`rate_limiter` per
+    /// drive, `rx_rate_limiter`/`tx_rate_limiter` per NIC) are set in the --config file.
     #[arg(long = "drive")]
     drives: Vec<String>,
     /// vsock: cid=N,socket=PATH.
