@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Host -> pod network throughput, husk vs runc in the same run (issue 6): containerd's CRI
-# with the CNI bridge runs one pod per runtime; inside each, an HTTP GET made with busybox
+# Host -> pod network throughput, husk vs runc vs gVisor (runsc) in the same run (issues 6,
+# 15): containerd's CRI with the CNI bridge runs one pod per runtime (runsc as the runtime
+# handler `runsc`: containerd's runc shim with BinaryName runsc, see bench-lib.sh); inside each, an HTTP GET made with busybox
 # nc fetches a file from an httpd on the host bridge address (data flows host -> pod over
 # the pod's network) and busybox `time` measures it in the pod. Each runtime is measured NET_BENCH_RUNS times
 # (default 3), the best kept.
 #   BENCH net_throughput_ratio_vs_runc <husk MB/s / runc MB/s> ratio
-#   BENCH net_throughput_husk_mbps / net_throughput_runc_mbps <MB/s> MB/s
+#   BENCH net_throughput_ratio_vs_runsc <husk MB/s / runsc MB/s> ratio
+#   BENCH net_throughput_husk_mbps / net_throughput_runc_mbps / net_throughput_runsc_mbps <MB/s> MB/s
+# runsc's pod uses its default network (netstack, `--network=sandbox`, on the pod's veth).
+# If runsc cannot run here: BENCH-SKIP lines with the reason (never a silent skip).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../../.." && pwd)
 # The vmm is on the data path: use the release build `make bench` makes, when there is one.
@@ -14,6 +18,19 @@ if [ -z "${HUSK_VMM:-}" ] && [ -x "$top/target/release/husk-vmm" ]; then
 fi
 . "$top/tests/vm/lib.sh"
 . "$top/tests/vm/cri-lib.sh"
+. "$top/tests/bench/vm/bench-lib.sh"
+# The runtime handler `runsc` next to cri-lib's husk and runc: its table goes into the
+# config start_containerd_cri writes, before the CNI table. Its binary is a wrapper
+# (runsc_cri_bin, bench-lib.sh) without which the pod's container never starts.
+runsc_table="    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runsc]\\
+      runtime_type = \"io.containerd.runc.v2\"\\
+      [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runsc.options]\\
+        BinaryName = \"$(runsc_cri_bin "$w")\"\\
+        Root = \"$RUNSC_ROOT\""
+patched=$(declare -f start_containerd_cri | sed "/^  \[plugins.\"io.containerd.grpc.v1.cri\".cni\]/i\\
+$runsc_table")
+grep -q 'runtimes.runsc.options' <<<"$patched" || fail "could not add the runsc handler to start_containerd_cri (cri-lib.sh changed?)"
+eval "$patched"
 mib=${NET_BENCH_MIB:-64}
 runs=${NET_BENCH_RUNS:-3}
 
@@ -47,8 +64,30 @@ mbps() {
   echo "$best"
 }
 echo "net bench: vmm $vmm" >&2
+grep -A4 'runtimes.runsc\]' "$w/containerd.toml" >&2
 runc_mbps=$(mbps runc)
 husk_mbps=$(mbps husk)
+# runsc: its failure is reported, not fatal (mbps runs in a subshell; its stderr is kept
+# for the reason)
+runsc_mbps=
+if [ ! -x "$RUNSC" ]; then
+  runsc_why="no $RUNSC (apt-get install runsc)"
+elif out=$(mbps runsc 2>"$w/runsc.err"); then
+  cat "$w/runsc.err" >&2
+  runsc_mbps=$(tail -1 <<<"$out")
+else
+  # what fail printed (cri_show_logs writes to stdout, which mbps's caller captures)
+  cat "$w/runsc.err" >&2
+  echo "$out" >&2
+  runsc_why="runsc pod: $(one_line "$(grep '^FAIL: ' "$w/runsc.err" | tail -1)")"
+fi
+ratio() { awk -v h="$1" -v r="$2" 'BEGIN { printf "%.2f", (r > 0) ? h / r : 0 }'; }
 echo "BENCH net_throughput_runc_mbps $runc_mbps MB/s"
 echo "BENCH net_throughput_husk_mbps $husk_mbps MB/s"
-echo "BENCH net_throughput_ratio_vs_runc $(awk -v h="$husk_mbps" -v r="$runc_mbps" 'BEGIN { printf "%.2f", (r > 0) ? h / r : 0 }') ratio"
+echo "BENCH net_throughput_ratio_vs_runc $(ratio "$husk_mbps" "$runc_mbps") ratio"
+if [ -n "$runsc_mbps" ]; then
+  echo "BENCH net_throughput_runsc_mbps $runsc_mbps MB/s"
+  echo "BENCH net_throughput_ratio_vs_runsc $(ratio "$husk_mbps" "$runsc_mbps") ratio"
+else
+  bench_skip "$runsc_why" net_throughput_runsc_mbps net_throughput_ratio_vs_runsc
+fi

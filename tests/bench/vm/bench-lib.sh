@@ -18,6 +18,31 @@ runsc_bin() {
   chmod 755 "$1/runsc-wrap"
   echo "$1/runsc-wrap"
 }
+# runsc_cri_bin DIR: the BinaryName for runsc as a CRI runtime handler: a wrapper in DIR
+# that runs `runsc start` with its output in DIR/runsc-start.log. Why: in a pod of several
+# containers (CRI's pause container, then the pod's), `runsc start` of a later container
+# spawns that container's gofer, which inherits runsc's stdout/stderr; the runc shim reads
+# them through a pipe (go-runc's cmdOutput) and waits for it to close, so StartContainer
+# hung until its deadline though `runsc start` had exited 0 (seen in the nested test host:
+# the shim's goroutine dump waited in go-runc.(*Runc).Start -> exec.(*Cmd).Wait, with the
+# new runsc-gofer alive). containerd-shim-runsc-v1, which Debian does not ship, avoids it.
+runsc_cri_bin() {
+  cat > "$1/runsc-cri" <<SH
+#!/bin/sh
+# the subcommand: the first argument that is neither a global flag nor a flag's value
+cmd= skip=
+for a in "\$@"; do
+  if [ -n "\$skip" ]; then skip=; continue; fi
+  case "\$a" in --root|--log|--log-format|--rootless|--criu) skip=1 ;; -*) ;; *) cmd=\$a; break ;; esac
+done
+if [ "\$cmd" = start ]; then
+  exec $(printf %q "$RUNSC") ${HUSK_RUNSC_FLAGS:-} "\$@" </dev/null >>$(printf %q "$1/runsc-start.log") 2>&1
+fi
+exec $(printf %q "$RUNSC") ${HUSK_RUNSC_FLAGS:-} "\$@"
+SH
+  chmod 755 "$1/runsc-cri"
+  echo "$1/runsc-cri"
+}
 # runsc_ctr_flags DIR: the `ctr run` flags that run a container under runsc
 runsc_ctr_flags() {
   echo "--runtime io.containerd.runc.v2 --runc-binary $(runsc_bin "$1") --runc-root $RUNSC_ROOT"
