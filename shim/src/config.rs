@@ -145,6 +145,11 @@ pub struct Config {
     /// pod is cleaned up as when the vmm dies. A dead agent is noticed within about
     /// `health_check_failures * (interval + timeout)`.
     pub health_check_failures: u32,
+    /// Run the shim, vmm and virtiofsd of a pod in the cgroup containerd gives its
+    /// sandbox (`linux.cgroupsPath`, cgroup v2), as Kata's `sandbox_cgroup_only`: the
+    /// kubelet's pod limits then cover guest RAM and every husk process (see
+    /// `host_cgroup`). On a host without cgroup v2 they stay in the shim's cgroup.
+    pub host_cgroups: bool,
 }
 
 impl Default for Config {
@@ -172,6 +177,7 @@ impl Default for Config {
             health_check_interval_secs: 10,
             health_check_timeout_secs: 5,
             health_check_failures: 3,
+            host_cgroups: true,
         }
     }
 }

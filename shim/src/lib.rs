@@ -7,6 +7,7 @@ pub mod agent_client;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod host_cgroup;
 pub mod io;
 pub mod mount;
 pub mod network;

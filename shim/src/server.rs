@@ -229,6 +229,12 @@ pub fn delete_with(flags: &Flags, cfg: &Config) -> Result<DeleteResponse, BootEr
                 }
                 share.cleanup_pod(&pod_dir)?;
                 crate::poddir::remove(&pod_dir);
+                let root = std::path::Path::new(crate::host_cgroup::CGROUP_ROOT);
+                if let Some(path) = spec.cgroups_path().filter(|_| cfg.host_cgroups) {
+                    if crate::host_cgroup::is_cgroup2(root) {
+                        crate::host_cgroup::remove_leftover(root, path);
+                    }
+                }
                 // The tap and redirects of the pod's network namespace (CNI tears down the
                 // namespace later, but until then they would stay).
                 let ns = crate::network::namespaces::rewrite_for_guest(&role, &mut spec);

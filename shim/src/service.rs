@@ -2,7 +2,7 @@
 //! ([`crate::task`]) translates containerd's requests into calls on [`PodService`].
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -155,6 +155,8 @@ pub struct PodService {
     state: Mutex<PodState>,
     /// Serialises creates.
     creating: Mutex<()>,
+    /// The pod's host cgroup, once joined (see `host_cgroup`).
+    host_cgroup: std::sync::Mutex<Option<crate::host_cgroup::HostCgroup>>,
     exit: watch::Sender<bool>,
 }
 
@@ -177,6 +179,7 @@ impl PodService {
                 containers: HashMap::new(),
             }),
             creating: Mutex::new(()),
+            host_cgroup: std::sync::Mutex::new(None),
             exit: watch::Sender::new(false),
         })
     }
@@ -240,6 +243,10 @@ impl PodService {
         }
         if role.boots_vm() {
             self.make_pod_dir(&pod_dir)?;
+            if let Err(e) = self.join_host_cgroup(&spec, &pod_id) {
+                self.remove_pod(&pod_dir);
+                return Err(e);
+            }
             let shared_dir = match self.deps.share.prepare_pod(&pod_dir) {
                 Ok(d) => d,
                 Err(e) => {
@@ -364,6 +371,35 @@ impl PodService {
     fn remove_pod(&self, pod_dir: &std::path::Path) {
         let _ = self.deps.share.cleanup_pod(pod_dir);
         crate::poddir::remove(pod_dir);
+        // The vmm and virtiofsd are gone: the shim leaves the pod's cgroup, which goes.
+        let joined = self.host_cgroup.lock().ok().and_then(|mut c| c.take());
+        if let Some(cg) = joined {
+            cg.leave();
+        }
+    }
+
+    /// Moves the shim into the sandbox's host cgroup before it starts the pod's processes
+    /// (they inherit it). A host without cgroup v2 or a spec without `cgroupsPath` keeps
+    /// them where the shim is; a cgroup that cannot be made fails the create, as runc's
+    /// would.
+    fn join_host_cgroup(&self, spec: &BundleSpec, pod_id: &str) -> Result<()> {
+        let Some(path) = spec.cgroups_path().filter(|_| self.cfg.host_cgroups) else {
+            return Ok(());
+        };
+        let root = Path::new(crate::host_cgroup::CGROUP_ROOT);
+        if !crate::host_cgroup::is_cgroup2(root) {
+            log::warn!(
+                "pod {pod_id}: {} is not cgroup v2: the pod's processes stay in the shim's cgroup, not {path}",
+                root.display()
+            );
+            return Ok(());
+        }
+        let cg = crate::host_cgroup::HostCgroup::join(root, path)?;
+        log::info!("pod {pod_id}: host cgroup {}", cg.dir().display());
+        if let Ok(mut slot) = self.host_cgroup.lock() {
+            *slot = Some(cg);
+        }
+        Ok(())
     }
 
     /// Publishes the end of the VM to every live process, cleans up the pod's mounts and

@@ -150,6 +150,15 @@ impl BundleSpec {
             .unwrap_or(false)
     }
 
+    /// `linux.cgroupsPath`, when set.
+    pub fn cgroups_path(&self) -> Option<&str> {
+        self.raw
+            .get("linux")
+            .and_then(|l| l.get("cgroupsPath"))
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+    }
+
     /// The spec's `hostname`, when set.
     pub fn hostname(&self) -> Option<&str> {
         self.raw
