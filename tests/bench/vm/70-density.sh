@@ -127,7 +127,7 @@ nothing_left() {
   [ "$(taps)" -le "$tap0" ] || leaks+=("taps: $(ip -o link | grep husk_tap)")
   [ "$(zombies)" -le "$z0" ] || leaks+=("zombies: $(ps -eo pid,ppid,stat,args | awk '$3 ~ /^Z/')")
   if [ ${#leaks[@]} -gt 0 ]; then
-    printf 'LEAK (%s): %s\n' "$label" "${leaks[@]}" >&2
+    for x in "${leaks[@]}"; do echo "LEAK ($label): $x" >&2; done
     fail "$label: ${#leaks[@]} kind(s) of leftovers after removing every pod"
   fi
   assert_nothing_left
