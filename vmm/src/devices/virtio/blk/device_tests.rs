@@ -992,3 +992,52 @@ fn an_unlimited_drive_has_no_timer() {
     assert!(!b.rate_limiter().is_limited());
     std::fs::remove_file(&p).unwrap();
 }
+
+#[test]
+fn case_42_a_throttled_queue_snapshots_at_its_used_index_and_restores_with_its_limit() {
+    use crate::config::{RateLimiterConfig, TokenBucketConfig};
+    use crate::devices::virtio::mmio::{SnapshotTransport, TOKEN_ACTIVATE};
+    let p = image("limited-snap", &vec![0u8; 8192]);
+    // Two requests a minute: the third of four waits far beyond the test.
+    let cfg = DriveConfig {
+        path: p.clone(),
+        read_only: false,
+        format: ImageFormat::Raw,
+        id: None,
+        rate_limiter: Some(RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(TokenBucketConfig {
+                size: 2,
+                refill_time_ms: 60_000,
+                one_time_burst: 0,
+            }),
+        }),
+    };
+    let m = mem();
+    let mut t = transport(Block::new(&cfg).unwrap(), &m);
+    let vq = MockSplitQueue::create(&m, GuestAddress(0x8000), 16);
+    assert_eq!(
+        bring_up(&mut t, &[RingSetup::of(&vq, 16)]),
+        DeviceState::Active
+    );
+    for i in 0..4u16 {
+        publish(&vq, &m, VIRTIO_BLK_T_OUT, 0, &[(DATA, 512, false)], i * 3);
+    }
+    kick(&mut t, 0);
+    assert_eq!(vq.used().idx().load(), 2);
+    assert!(t.device().rate_limiter().is_blocked());
+    // The two waiting requests were given back to the queue: the snapshot's position is
+    // the used index, and nothing is in flight.
+    let s = t.save().unwrap();
+    assert_eq!(s.queues[0].used_idx, 2);
+    // Restored from the same config: limited again, with a full bucket that serves the
+    // two requests the template left.
+    let mut n = transport(Block::new(&cfg).unwrap(), &m);
+    assert!(n.device().rate_limiter().is_limited());
+    n.restore(&s).unwrap();
+    n.handle_event(TOKEN_ACTIVATE, EventSet::IN, &mut NoRegistry);
+    assert_eq!(n.state(), DeviceState::Active);
+    assert_eq!(vq.used().idx().load(), 4);
+    assert_eq!(n.device().rate_limiter().ops().unwrap().budget(), 0);
+    std::fs::remove_file(&p).unwrap();
+}
