@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root (section "The shim").
 
+pub mod admin;
 pub mod agent;
 pub mod agent_client;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod mount;
 pub mod network;
 pub mod pidfile;
 pub mod pod;
+pub mod pod_status;
 pub mod poddir;
 pub mod process;
 pub mod ram;

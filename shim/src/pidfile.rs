@@ -23,23 +23,25 @@ pub fn record(path: &Path, pid: u32) -> std::io::Result<()> {
         .map_err(std::io::Error::other)
 }
 
+/// The pid recorded in `path` if that process still runs (same pid and start time; never
+/// pid 0 or 1).
+pub fn live_recorded(path: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut it = text.split_whitespace().map(|w| w.parse::<u64>().ok());
+    let (Some(Some(pid)), Some(Some(st))) = (it.next(), it.next()) else {
+        return None;
+    };
+    let pid = u32::try_from(pid).ok()?;
+    (pid > 1 && start_time(pid) == Some(st)).then_some(pid)
+}
+
 /// Kills the process recorded in `path` with SIGKILL if it is still the same process.
 /// Returns whether a process was killed.
 pub fn kill_recorded(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    let Some(pid) = live_recorded(path).and_then(|p| i32::try_from(p).ok()) else {
         return false;
     };
-    let mut it = text.split_whitespace().map(|w| w.parse::<u64>().ok());
-    let (Some(Some(pid)), Some(Some(st))) = (it.next(), it.next()) else {
-        return false;
-    };
-    let (Ok(pid32), Ok(raw)) = (u32::try_from(pid), i32::try_from(pid)) else {
-        return false;
-    };
-    if raw <= 1 || start_time(pid32) != Some(st) {
-        return false;
-    }
-    kill(Pid::from_raw(raw), Signal::SIGKILL).is_ok()
+    kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
 }
 
 #[cfg(test)]

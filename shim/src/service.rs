@@ -410,7 +410,7 @@ impl PodService {
         agent: Arc<dyn AgentClient>,
         pod_dir: PathBuf,
     ) {
-        self.watch_agent_health(process.clone(), agent.clone());
+        self.watch_agent_health(process.clone(), agent.clone(), pod_dir.clone());
         let me = self.clone();
         tokio::spawn(async move {
             let exit = process.exited().await;
@@ -469,6 +469,7 @@ impl PodService {
         self: &Arc<Self>,
         process: Arc<dyn VmProcess>,
         agent: Arc<dyn AgentClient>,
+        pod_dir: PathBuf,
     ) {
         let policy = self.health;
         if policy.interval.is_zero() {
@@ -486,15 +487,22 @@ impl PodService {
                 if !matches!(me.state.lock().await.vm, VmState::Running { .. }) {
                     return;
                 }
-                let last = match tokio::time::timeout(policy.timeout, agent.health_check()).await {
-                    Ok(Ok(())) => {
-                        failed = 0;
-                        continue;
-                    }
+                let result = tokio::time::timeout(policy.timeout, agent.health_check()).await;
+                let passed = matches!(result, Ok(Ok(())));
+                failed = if passed { 0 } else { failed + 1 };
+                // For `husk ps` and `husk metrics`; not once the VM has ended (its pod
+                // directory is being removed).
+                if matches!(me.state.lock().await.vm, VmState::Running { .. }) {
+                    crate::pod_status::update(&pod_dir, |s| {
+                        s.health_checks += 1;
+                        s.health_failures = failed;
+                    });
+                }
+                let last = match result {
+                    Ok(Ok(())) => continue,
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => format!("no answer within {} ms", policy.timeout.as_millis()),
                 };
-                failed += 1;
                 log::warn!(
                     "agent health check failed ({failed} of {} allowed in a row): {last}",
                     policy.failures

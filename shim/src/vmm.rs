@@ -261,11 +261,15 @@ impl VmLauncher for HuskVmm {
             Some(t) => format!("restored from template {}", t.key),
             None => format!("cold-booted, boot attempt {attempt}"),
         };
+        let start_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         log::info!(
-            "pod {}: the agent answered {} ms after the launch ({how})",
-            req.pod_id,
-            started.elapsed().as_millis()
+            "pod {}: the agent answered {start_ms} ms after the launch ({how})",
+            req.pod_id
         );
+        crate::pod_status::update(&req.pod_dir, |s| {
+            s.start_ms = Some(start_ms);
+            s.restored = template.is_some();
+        });
         if let Some(n) = &net {
             let dns =
                 host_nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
