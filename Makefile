@@ -72,7 +72,7 @@ clippy:
 install: kernel rootfs vmm-release
 	cargo build --release --workspace
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/husk
-	install -m 755 $(VMM_RELEASE) target/release/containerd-shim-husk-v2 $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 $(VMM_RELEASE) target/release/containerd-shim-husk-v2 target/release/husk $(DESTDIR)$(PREFIX)/bin/
 	install -m 755 target/release/husk-agent $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 target/guest/vmlinux target/guest/bzImage target/guest/rootfs.cpio $(DESTDIR)$(PREFIX)/share/husk/
 	install -d $(DESTDIR)/etc/husk
