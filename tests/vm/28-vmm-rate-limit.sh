@@ -158,6 +158,9 @@ net_run net-tx-limited --config "$tmp/net.json"
 # The limiter counts whole frames (a 1400-byte payload is a 1454-byte frame with its
 # virtio-net header), the guest its payload.
 within "$(field mib_s)" "$net_limit_mib" "limited TX MiB/s"
+# The guest's clock stops when its last datagram is queued; the host's when it arrives.
+host_tx=$(awk -v b="$RECV_BYTES" -v t="$RECV_SECS" 'BEGIN { printf "%.4f", b / 1048576 / (t > 0 ? t : 1e-6) }')
+within "$host_tx" "$net_limit_mib" "limited TX MiB/s received by the host"
 awk -v p="$LOOP_PCT" 'BEGIN { exit !(p <= 25) }' || fail "event loop at ${LOOP_PCT}% CPU while TX was throttled"
 # Throttling drops nothing: what the guest sent arrived (a little slack for the host).
 awk -v r="$RECV_BYTES" 'BEGIN { exit !(r >= 0.98 * 1048576) }' || fail "the host got $RECV_BYTES of 1 MiB"
