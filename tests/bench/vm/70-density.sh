@@ -103,7 +103,7 @@ nothing_left() {
   for _ in $(seq 100); do
     pgrep -f "containerd-shim-(husk|runc)-v2 -namespace default -id $prefix[0-9]+ -address $w/" >/dev/null \
       || pgrep -f -- "--config $w/run/" >/dev/null || pgrep -f "virtiofsd.*$w/run/" >/dev/null \
-      || pgrep -f "$RUNSC_ROOT" >/dev/null || break
+      || pgrep -f "$RUNSC_ROOT/default( |$)" >/dev/null || break
     sleep 0.1
   done
   for _ in $(seq 50); do [ "$(mounts)" -le "$m0" ] && [ "$(zombies)" -le "$z0" ] && break; sleep 0.1; done
@@ -112,7 +112,8 @@ nothing_left() {
   x=$(pgrep -af "containerd-shim-(husk|runc)-v2 .*-address $w/" || true); [ -z "$x" ] || leaks+=("shims: $x")
   x=$(pgrep -af -- "--config $w/run/" || true); [ -z "$x" ] || leaks+=("husk-vmms: $x")
   x=$(pgrep -af "virtiofsd.*$w/run/" || true); [ -z "$x" ] || leaks+=("virtiofsds: $x")
-  x=$(pgrep -af "$RUNSC_ROOT" || true); [ -z "$x" ] || leaks+=("runsc processes: $x")
+  # runsc's processes of this test's containers (namespace default; a CRI pod's are under k8s.io)
+  x=$(pgrep -af "$RUNSC_ROOT/default( |$)" || true); [ -z "$x" ] || leaks+=("runsc processes: $x")
   x=$(pgrep -af "runc init" || true); [ -z "$x" ] || leaks+=("runc init: $x")
   x=$(find "$w/run" -mindepth 1 -maxdepth 1 2>/dev/null || true); [ -z "$x" ] || leaks+=("pod state dirs: $x")
   x=$(ls "$w/state/io.containerd.runtime.v2.task/default" 2>/dev/null | grep -E "^$prefix[0-9]+$" || true)
