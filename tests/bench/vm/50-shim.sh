@@ -134,5 +134,5 @@ if [ "$runsc_ok" = 1 ]; then
 fi
 for _ in $(seq 50); do pgrep -f "containerd-shim-runc-v2 .*-address $w/" >/dev/null || break; sleep 0.1; done
 pgrep -af "containerd-shim-runc-v2 .*-address $w/" && fail "a runc shim is still running"
-pgrep -af "runsc.*$RUNSC_ROOT" && fail "a runsc process is still running"
+pgrep -af "$RUNSC_ROOT/default( |$)" && fail "a runsc process is still running"
 true
