@@ -440,14 +440,18 @@ impl<M: MountOps> RootfsShare for MountShare<M> {
         let mounts = dir.join("mounts");
         // Only the shim's own directories are walked: if one of them is not a real
         // directory (a symlink to elsewhere), nothing below it is unmounted or removed.
-        let ours = [
+        let walked = [
             pod_dir.to_path_buf(),
             pod_dir.join("mounts"),
             dir.clone(),
             mounts.clone(),
-        ]
-        .iter()
-        .all(|d| self.ops.is_real_dir(d));
+        ];
+        let ours = walked.iter().all(|d| self.ops.is_real_dir(d));
+        // Worth a warning only when one is there as something else (a planted link): a
+        // container without binds has no mounts/, and a pod whose VM ended is gone already.
+        let planted = walked
+            .iter()
+            .any(|d| std::fs::symlink_metadata(d).is_ok_and(|m| !m.is_dir()));
         if ours {
             if let Ok(entries) = std::fs::read_dir(&mounts) {
                 for e in entries.flatten() {
@@ -458,7 +462,7 @@ impl<M: MountOps> RootfsShare for MountShare<M> {
                     }
                 }
             }
-        } else if self.ops.is_real_dir(pod_dir) {
+        } else if planted {
             log::warn!(
                 "unsharing {id}: {} is not the directory the shim made; leaving what is below it",
                 mounts.display()
