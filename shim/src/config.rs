@@ -150,6 +150,10 @@ pub struct Config {
     /// kubelet's pod limits then cover guest RAM and every husk process (see
     /// `host_cgroup`). On a host without cgroup v2 they stay in the shim's cgroup.
     pub host_cgroups: bool,
+    /// Each pod NIC's bandwidth, each way, in Mbit/s: the vmm's token buckets (Firecracker's
+    /// model, refilled every 100 ms), so one pod cannot take a node's network. 0 (the
+    /// default) is unlimited.
+    pub net_rate_limit_mbit: u64,
 }
 
 impl Default for Config {
@@ -178,6 +182,7 @@ impl Default for Config {
             health_check_timeout_secs: 5,
             health_check_failures: 3,
             host_cgroups: true,
+            net_rate_limit_mbit: 0,
         }
     }
 }

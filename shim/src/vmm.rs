@@ -372,7 +372,11 @@ impl HuskVmm {
             }
         }
         if let Some(n) = &net {
-            config["net"] = json!([{ "tap": n.tap, "mac": n.interface.mac_string() }]);
+            config["net"] = json!([net_entry(
+                &n.tap,
+                &n.interface.mac_string(),
+                self.cfg.net_rate_limit_mbit
+            )]);
         }
         if let Some(t) = restore_from {
             config["restore_from"] = json!(t);
@@ -704,6 +708,21 @@ impl VmProcess for ChildVm {
             h.stop().await;
         }
     }
+}
+
+/// The vm.json entry of the pod's NIC; with `mbit` > 0 each direction is held to that
+/// many Mbit/s by the vmm's token buckets (refilled every 100 ms, a 100 ms burst).
+pub fn net_entry(tap: &str, mac: &str, mbit: u64) -> serde_json::Value {
+    let mut e = json!({ "tap": tap, "mac": mac });
+    if mbit > 0 {
+        let bucket = json!({ "bandwidth": {
+            "size": mbit.saturating_mul(1_000_000 / 8 / 10),
+            "refill_time_ms": 100,
+        }});
+        e["rx_rate_limiter"] = bucket.clone();
+        e["tx_rate_limiter"] = bucket;
+    }
+    e
 }
 
 #[cfg(test)]

@@ -768,3 +768,14 @@ async fn case_43_a_vmm_killed_with_sigkill_ends_the_vm_and_its_virtiofsd_is_reap
     vm.process.stop().await;
     assert!(gone(pid) && gone(fsd), "vmm and virtiofsd reaped");
 }
+
+#[test]
+fn net_rate_limit_puts_a_bucket_on_each_direction() {
+    let plain = net_entry("tap0", "02:00:00:00:00:01", 0);
+    assert_eq!(plain, json!({"tap": "tap0", "mac": "02:00:00:00:00:01"}));
+    let limited = net_entry("tap0", "02:00:00:00:00:01", 100);
+    // 100 Mbit/s is 12.5 MB/s: 1.25 MB per 100 ms refill.
+    let bucket = json!({"bandwidth": {"size": 1_250_000, "refill_time_ms": 100}});
+    assert_eq!(limited["rx_rate_limiter"], bucket);
+    assert_eq!(limited["tx_rate_limiter"], bucket);
+}

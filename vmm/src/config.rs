@@ -631,6 +631,20 @@ mod tests {
     }
 
     #[test]
+    fn net_rate_limiters_in_the_form_the_shim_writes() {
+        // shim/src/vmm.rs `net_entry` with net_rate_limit_mbit = 100.
+        let c: VmConfig = serde_json::from_str(
+            r#"{"kernel": "/k", "net": [{"tap": "t", "mac": "02:00:00:00:00:01",
+                "rx_rate_limiter": {"bandwidth": {"size": 1250000, "refill_time_ms": 100}},
+                "tx_rate_limiter": {"bandwidth": {"size": 1250000, "refill_time_ms": 100}}}]}"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let tx = c.net[0].tx_rate_limiter.unwrap().bandwidth.unwrap();
+        assert_eq!((tx.size, tx.refill_time_ms), (1_250_000, 100));
+    }
+
+    #[test]
     fn rate_limiter_config() {
         let c = with_drive_limiter(
             r#"{"bandwidth":{"size":4194304,"refill_time_ms":1000,"one_time_burst":1048576},
