@@ -22,11 +22,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/../../.." && pwd)
 . "$top/tests/vm/lib.sh"
 . "$top/tests/bench/vm/bench-lib.sh"
-rel=${CARGO_TARGET_DIR:-$top/target}/release
-HUSK_SHIM=${HUSK_SHIM:-$rel/containerd-shim-husk-v2}
-HUSK_VMM=${HUSK_VMM:-$rel/husk-vmm}
-[ -x "$HUSK_SHIM" ] && [ -x "$HUSK_VMM" ] || fail "no release shim/vmm: cargo build --release -p containerd-shim-husk-v2 -p husk-vmm"
-export HUSK_SHIM HUSK_VMM
+bench_release_binaries
 ROUNDS=${ROUNDS:-5}
 shim_vm_require
 HUSK_TEST_DEBUG_CONSOLE=false HUSK_TEST_LOG_LEVEL=info shim_vm_setup husk-bench-shim true sleep

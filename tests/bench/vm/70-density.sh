@@ -24,11 +24,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/../../.." && pwd)
 . "$top/tests/vm/lib.sh"
 . "$top/tests/bench/vm/bench-lib.sh"
-rel=${CARGO_TARGET_DIR:-$top/target}/release
-HUSK_SHIM=${HUSK_SHIM:-$rel/containerd-shim-husk-v2}
-HUSK_VMM=${HUSK_VMM:-$rel/husk-vmm}
-[ -x "$HUSK_SHIM" ] && [ -x "$HUSK_VMM" ] || fail "no release shim/vmm: cargo build --release -p containerd-shim-husk-v2 -p husk-vmm"
-export HUSK_SHIM HUSK_VMM
+bench_release_binaries
 if [ -n "${HUSK_NESTED:-}" ]; then n=${DENSITY_PODS:-${HUSK_DENSITY_PODS:-8}}; else n=${DENSITY_PODS:-${HUSK_DENSITY_PODS:-20}}; fi
 [ "$n" -ge 2 ] || { echo "density: DENSITY_PODS must be at least 2" >&2; exit 2; }
 idle=${IDLE_SECS:-${HUSK_IDLE_SECS:-10}}

@@ -3,6 +3,16 @@
 # every tests/bench/vm/*.sh, this one too: run directly it does nothing.
 [ "${BASH_SOURCE[0]}" = "$0" ] && exit 0
 
+# bench_release_binaries: HUSK_SHIM and HUSK_VMM default to the release builds (the
+# benchmarks measure what ships), exported for tests/vm/lib.sh's shim_vm_require.
+bench_release_binaries() {
+  local rel=${CARGO_TARGET_DIR:-$top/target}/release
+  HUSK_SHIM=${HUSK_SHIM:-$rel/containerd-shim-husk-v2}
+  HUSK_VMM=${HUSK_VMM:-$rel/husk-vmm}
+  [ -x "$HUSK_SHIM" ] && [ -x "$HUSK_VMM" ] || fail "no release shim/vmm: cargo build --release -p containerd-shim-husk-v2 -p husk-vmm"
+  export HUSK_SHIM HUSK_VMM
+}
+
 # ---- gVisor (runsc) as a peer ------------------------------------------------------------
 # Debian's runsc (0.0~20221219) has no containerd-shim-runsc-v1: it runs under containerd's
 # runc shim (io.containerd.runc.v2) as its runc binary, with its own state root. Its
