@@ -155,13 +155,7 @@ impl HostCgroup {
                 Ok(()) => made.push(at.clone()),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => {
-                    let cg = HostCgroup {
-                        root: root.to_path_buf(),
-                        rel: rel.clone(),
-                        previous: previous.clone(),
-                        made,
-                    };
-                    cg.remove_made();
+                    remove_dirs(&made);
                     return Err(ShimError::io(format!("creating {}", at.display()), e));
                 }
             }
@@ -173,7 +167,7 @@ impl HostCgroup {
             made,
         };
         if let Err(e) = write_pid(&cg.dir(), std::process::id()) {
-            cg.remove_made();
+            remove_dirs(&cg.made);
             return Err(e);
         }
         Ok(cg)
@@ -196,44 +190,38 @@ impl HostCgroup {
             );
             return;
         }
-        self.remove_made();
-    }
-
-    fn remove_made(&self) {
-        for d in self.made.iter().rev() {
-            // A cgroup's last process may still be exiting: a few short tries.
-            let mut tries = 0;
-            loop {
-                match std::fs::remove_dir(d) {
-                    Ok(()) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 20 => {
-                        tries += 1;
-                        std::thread::sleep(std::time::Duration::from_millis(25));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(e) => {
-                        log::warn!("host cgroup: removing {}: {e}", d.display());
-                        return;
-                    }
-                }
-            }
-        }
+        remove_dirs(&self.made);
     }
 }
 
 /// After a shim that died (`delete`): removes the pod's cgroup that `cgroups_path` names,
 /// once its processes (killed by then) are gone. Its parents stay: other pods may use them.
 pub fn remove_leftover(root: &Path, cgroups_path: &str) {
-    let Ok(rel) = resolve(cgroups_path) else {
-        return;
-    };
-    let cg = HostCgroup {
-        root: root.to_path_buf(),
-        made: vec![root.join(&rel)],
-        rel,
-        previous: PathBuf::new(),
-    };
-    cg.remove_made();
+    if let Ok(rel) = resolve(cgroups_path) {
+        remove_dirs(&[root.join(rel)]);
+    }
+}
+
+/// Removes the cgroup directories `dirs` (listed parent first), deepest first. A
+/// cgroup's last process may still be exiting: a few short tries while it is busy.
+fn remove_dirs(dirs: &[PathBuf]) {
+    for d in dirs.iter().rev() {
+        let mut tries = 0;
+        loop {
+            match std::fs::remove_dir(d) {
+                Ok(()) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => {
+                    log::warn!("host cgroup: removing {}: {e}", d.display());
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Writes `+c` to `dir`'s `cgroup.subtree_control` for each of [`CONTROLLERS`] that `dir`
